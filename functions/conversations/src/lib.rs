@@ -1,0 +1,222 @@
+//! `/functions/v1/conversations/...`: list, get, create, rename, archive and delete conversations,
+//! and list their messages. Every statement runs as the caller under RLS, so a conversation of
+//! another user is simply not there (404, no existence leak).
+
+use shared::conversations::{CreateConversation, UpdateConversation};
+use shared::pagination::{parse_limit, Cursor};
+use shared::spin::{json_text, require_user, serve, Incoming, RlsTransaction};
+use shared::ApiError;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::pg4::{DbValue, ParameterValue};
+
+const CONVERSATION_COLUMNS: &str = "id, title, provider, model, temperature, max_tokens, system_prompt, \
+     archived_at is not null as archived, archived_at, created_at, updated_at";
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, status, provider, model, prompt_tokens, \
+     completion_tokens, cost_usd, latency_ms, tool_calls, metadata, created_at";
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    serve(req, route)
+}
+
+fn route(incoming: &Incoming) -> Result<Response, ApiError> {
+    let segments = incoming.segments();
+    let (_, principal) = require_user(incoming)?;
+    let mut tx = RlsTransaction::begin(&principal)?;
+    let response = match (&incoming.method, segments.as_slice()) {
+        (Method::Get, []) => list_conversations(&mut tx, incoming)?,
+        (Method::Post, []) => create_conversation(&mut tx, incoming)?,
+        (Method::Get, [id]) => get_conversation(&mut tx, id)?,
+        (Method::Patch, [id]) => update_conversation(&mut tx, id, incoming)?,
+        (Method::Delete, [id]) => delete_conversation(&mut tx, id)?,
+        (Method::Get, [id, "messages"]) => list_messages(&mut tx, id, incoming)?,
+        (_, []) => return Err(ApiError::method_not_allowed("GET, POST, OPTIONS")),
+        (_, [_]) => return Err(ApiError::method_not_allowed("GET, PATCH, DELETE, OPTIONS")),
+        (_, [_, "messages"]) => return Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        _ => return Err(ApiError::not_found("route")),
+    };
+    tx.commit()?;
+    Ok(response)
+}
+
+/// Path ids that are not UUIDs cannot name anything: the same 404 as a missing row.
+fn conversation_id(raw: &str) -> Result<ParameterValue, ApiError> {
+    if is_uuid(raw) {
+        Ok(ParameterValue::Uuid(raw.to_ascii_lowercase()))
+    } else {
+        Err(ApiError::not_found("conversation"))
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+fn text(v: Option<String>) -> ParameterValue {
+    v.map(ParameterValue::Str).unwrap_or(ParameterValue::DbNull)
+}
+
+/// Rows of `(json text, cursor micros, id)` into `{"data": [...], "next_cursor", "has_more"}`.
+fn page(rows: Vec<Vec<DbValue>>, limit: u32) -> Result<Response, ApiError> {
+    let has_more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last = None;
+    for row in rows.into_iter().take(limit as usize) {
+        match row.as_slice() {
+            [DbValue::Str(json), DbValue::Int64(micros), DbValue::Uuid(id)] => {
+                items.push(json.clone());
+                last = Some((*micros, id.clone()));
+            }
+            _ => return Err(ApiError::internal("unexpected row shape from the database")),
+        }
+    }
+    let next_cursor = match (has_more, last) {
+        (true, Some((micros, id))) => {
+            let id = id.parse().map_err(|_| ApiError::internal("bad id from the database"))?;
+            serde_json::Value::String(Cursor { created_at_micros: micros, id }.encode())
+        }
+        _ => serde_json::Value::Null,
+    };
+    Ok(json_text(200, format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(","))))
+}
+
+fn cursor_params(incoming: &Incoming) -> Result<(ParameterValue, ParameterValue), ApiError> {
+    Ok(match incoming.query_param("cursor").filter(|c| !c.is_empty()) {
+        Some(raw) => {
+            let c = Cursor::decode(&raw)?;
+            (ParameterValue::Int64(c.created_at_micros), ParameterValue::Uuid(c.id.to_string()))
+        }
+        None => (ParameterValue::DbNull, ParameterValue::DbNull),
+    })
+}
+
+fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
+    let limit = parse_limit(incoming.query_param("limit").as_deref())?;
+    let archived = match incoming.query_param("archived").as_deref() {
+        None | Some("") | Some("false") => "false",
+        Some("true") => "true",
+        Some("all") => "all",
+        Some(_) => {
+            return Err(ApiError::bad_request("validation_failed", "archived must be true, false or all")
+                .with_detail("field", "archived"))
+        }
+    };
+    let (cursor_ts, cursor_id) = cursor_params(incoming)?;
+    let sql = format!(
+        "select row_to_json(c)::text, (extract(epoch from c.created_at) * 1000000)::int8, c.id from (
+           select {CONVERSATION_COLUMNS} from public.conversations
+           where user_id = (select auth.uid())
+             and ($2::int8 is null or (created_at, id) < (timestamptz 'epoch' + $2::int8 * interval '1 microsecond', $3::uuid))
+             and case $4::text when 'all' then true when 'true' then archived_at is not null else archived_at is null end
+           order by created_at desc, id desc
+           limit $1) c
+         order by c.created_at desc, c.id desc"
+    );
+    let rows = tx.query(
+        &sql,
+        &[ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id, ParameterValue::Str(archived.into())],
+    )?;
+    page(rows.rows, limit)
+}
+
+fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
+    let body: CreateConversation = if incoming.body.iter().all(u8::is_ascii_whitespace) {
+        CreateConversation::default()
+    } else {
+        incoming.json()?
+    };
+    let c = body.validate()?;
+    let sql = format!(
+        "with c as (
+           insert into public.conversations (user_id, title, provider, model, temperature, max_tokens, system_prompt)
+           values ((select auth.uid()), $1, $2, $3, $4, $5, $6) returning *)
+         select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from c) x"
+    );
+    let json = tx
+        .query_json(
+            &sql,
+            &[
+                ParameterValue::Str(c.title),
+                text(c.provider),
+                text(c.model),
+                c.temperature.map(ParameterValue::Floating64).unwrap_or(ParameterValue::DbNull),
+                c.max_tokens.map(ParameterValue::Int32).unwrap_or(ParameterValue::DbNull),
+                text(c.system_prompt),
+            ],
+        )?
+        .ok_or_else(|| ApiError::internal("insert returned no row"))?;
+    let id = serde_json::from_str::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut response = json_text(201, json);
+    response.set_header("location", format!("/functions/v1/conversations/{id}"));
+    Ok(response)
+}
+
+fn get_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Response, ApiError> {
+    let sql = format!("select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from public.conversations where id = $1) x");
+    let json = tx.query_json(&sql, &[conversation_id(id)?])?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    Ok(json_text(200, json))
+}
+
+fn update_conversation(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Response, ApiError> {
+    let id = conversation_id(id)?;
+    let (title, archived) = incoming.json::<UpdateConversation>()?.validate()?;
+    let sql = format!(
+        "with c as (
+           update public.conversations set
+             title = coalesce($2, title),
+             archived_at = case when $3::bool is null then archived_at when $3::bool then coalesce(archived_at, now()) else null end,
+             updated_at = now()
+           where id = $1 returning *)
+         select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from c) x"
+    );
+    let archived = archived.map(ParameterValue::Boolean).unwrap_or(ParameterValue::DbNull);
+    let json = tx.query_json(&sql, &[id, text(title), archived])?.ok_or_else(|| ApiError::not_found("conversation"))?;
+    Ok(json_text(200, json))
+}
+
+fn delete_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Response, ApiError> {
+    // Messages go with it: `messages.conversation_id ... on delete cascade`.
+    let deleted = tx.execute("delete from public.conversations where id = $1", &[conversation_id(id)?])?;
+    if deleted == 0 {
+        return Err(ApiError::not_found("conversation"));
+    }
+    Ok(Response::builder().status(204).build())
+}
+
+fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Response, ApiError> {
+    let id = conversation_id(id)?;
+    let limit = parse_limit(incoming.query_param("limit").as_deref())?;
+    let descending = match incoming.query_param("order").as_deref() {
+        None | Some("") | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request("validation_failed", "order must be asc or desc").with_detail("field", "order"))
+        }
+    };
+    let (cursor_ts, cursor_id) = cursor_params(incoming)?;
+    let visible = tx.query("select 1 from public.conversations where id = $1", &[id.clone()])?;
+    if visible.rows.is_empty() {
+        return Err(ApiError::not_found("conversation"));
+    }
+    let (cmp, dir) = if descending { ("<", "desc") } else { (">", "asc") };
+    let sql = format!(
+        "select row_to_json(m)::text, (extract(epoch from m.created_at) * 1000000)::int8, m.id from (
+           select {MESSAGE_COLUMNS} from public.messages
+           where conversation_id = $1
+             and ($3::int8 is null or (created_at, id) {cmp} (timestamptz 'epoch' + $3::int8 * interval '1 microsecond', $4::uuid))
+           order by created_at {dir}, id {dir}
+           limit $2) m
+         order by m.created_at {dir}, m.id {dir}"
+    );
+    let rows = tx.query(&sql, &[id, ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id])?;
+    page(rows.rows, limit)
+}

@@ -1,0 +1,26 @@
+//! chatedge's host: serves a Spin manifest (spin.toml) without Spin installed, with Spin's
+//! variables, Postgres and outbound HTTP capabilities, plus migrations and the embedded dev stack.
+
+pub mod devstack;
+pub mod manifest;
+pub mod migrate;
+pub mod outbound;
+pub mod postgres;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod tokens;
+pub mod variables;
+
+/// Host bindings of the Spin interfaces (WIT in `host/wit`).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "chatedge:host/spin-host",
+        imports: { default: async | trappable },
+        with: {
+            "spin:postgres/postgres@4.0.0.connection": crate::postgres::PgConnection,
+            "spin:postgres/postgres@3.0.0.connection": crate::postgres::PgConnection,
+        },
+    });
+}

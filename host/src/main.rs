@@ -1,0 +1,172 @@
+//! `chatedge`: serve spin.toml (`up`), apply migrations (`migrate`), mint dev tokens (`token`).
+
+use anyhow::{Context, Result};
+use chatedge::devstack::{self, Cluster, DevSecrets};
+use chatedge::manifest::LoadedManifest;
+use chatedge::runtime::{Runtime, RuntimeOptions};
+use chatedge::server::{self, App};
+use chatedge::variables::{AppVariables, Providers};
+use chatedge::{migrate, tokens};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "chatedge", version, about = "Serves chatedge's Spin app without Spin installed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app. With no database configured, starts the embedded dev stack.
+    Up {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, env = "CHATEDGE_LISTEN", default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// The Spin manifest.
+        #[arg(long, short = 'f', default_value = "spin.toml")]
+        manifest: PathBuf,
+    },
+    /// Apply migrations/ to a database, in order, once each.
+    Migrate {
+        /// Database URL of a role that owns the schema (e.g. postgres).
+        #[arg(long, env = "DATABASE_URL")]
+        db_url: String,
+        /// Directory of NNNN_name.sql files.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
+    /// Print a fresh access token for the dev stack's demo user.
+    Token {
+        /// The Spin manifest (its directory holds .chatedge/).
+        #[arg(long, short = 'f', default_value = "spin.toml")]
+        manifest: PathBuf,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: i64,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHATEDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,tokio_postgres=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    init_tracing();
+    match Cli::parse().command {
+        Command::Up { listen, manifest } => up(listen, &manifest).await,
+        Command::Migrate { db_url, dir } => {
+            let applied = migrate::migrate(&db_url, &dir).await?;
+            println!("{} migration(s) applied", applied.len());
+            Ok(())
+        }
+        Command::Token { manifest, ttl } => {
+            let manifest = LoadedManifest::load(&manifest)?;
+            let secrets = DevSecrets::load_or_create(&manifest.dir.join(".chatedge"))?;
+            println!(
+                "{}",
+                tokens::user_token(secrets.jwt_secret.as_bytes(), &secrets.demo_user_id, devstack::DEMO_EMAIL, ttl)?
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What the dev stack set up, for the banner.
+struct DevStack {
+    cluster: Option<Cluster>,
+    secrets: DevSecrets,
+    generated_jwt: bool,
+}
+
+async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Result<DevStack> {
+    let state_dir = manifest.dir.join(".chatedge");
+    let secrets = DevSecrets::load_or_create(&state_dir)?;
+    let declares = |name: &str| manifest.manifest.variables.contains_key(name);
+    let mut cluster = None;
+    if declares("db_url") && !providers.provides("db_url") {
+        let mut c = Cluster::open_or_init(&state_dir.join("postgres"), &secrets.postgres_password, false)?;
+        c.start(devstack::free_port()?)?;
+        let applied = migrate::migrate(&c.superuser_url(), &manifest.dir.join("migrations")).await?;
+        if !applied.is_empty() {
+            tracing::info!("applied {} migration(s)", applied.len());
+        }
+        devstack::prepare_database(&c.superuser_url(), &secrets.authenticator_password, &secrets.demo_user_id, devstack::DEMO_EMAIL)
+            .await?;
+        providers.dev.insert("db_url".into(), c.url("authenticator", &secrets.authenticator_password));
+        providers.dev.insert("db_host".into(), c.host_port());
+        cluster = Some(c);
+    }
+    let has_keys = ["supabase_jwt_secret", "supabase_jwks_url", "supabase_jwks"].iter().any(|v| providers.provides(v));
+    let generated_jwt = declares("supabase_jwt_secret") && !has_keys;
+    if generated_jwt {
+        providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
+    }
+    Ok(DevStack { cluster, secrets, generated_jwt })
+}
+
+fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let version = manifest.manifest.application.version.as_deref().unwrap_or("");
+    writeln!(out, "Serving {base_url}")?;
+    writeln!(out, "Application: {} {version}", manifest.manifest.application.name)?;
+    writeln!(out, "Available Routes:")?;
+    for line in app.route_lines(base_url) {
+        writeln!(out, "{line}")?;
+    }
+    if dev.cluster.is_some() || dev.generated_jwt {
+        let secret = dev.secrets.jwt_secret.as_bytes();
+        let anon = tokens::api_key(secret, "anon")?;
+        let service = tokens::api_key(secret, "service_role")?;
+        let token = tokens::user_token(secret, &dev.secrets.demo_user_id, devstack::DEMO_EMAIL, 86_400)?;
+        writeln!(out, "\nDev stack (like `supabase start`):")?;
+        writeln!(out, "  API URL:           {base_url}")?;
+        if let Some(c) = &dev.cluster {
+            writeln!(out, "  DB URL:            {}", c.superuser_url())?;
+        }
+        writeln!(out, "  JWT secret:        {}", dev.secrets.jwt_secret)?;
+        writeln!(out, "  anon key:          {anon}")?;
+        writeln!(out, "  service_role key:  {service}")?;
+        writeln!(out, "  demo user:         {} ({})", devstack::DEMO_EMAIL, dev.secrets.demo_user_id)?;
+        writeln!(out, "  demo access token: {token}")?;
+        let env_file = manifest.dir.join(".chatedge/dev.env");
+        std::fs::write(
+            &env_file,
+            format!(
+                "CHATEDGE_URL={base_url}\nCHATEDGE_ANON_KEY={anon}\nCHATEDGE_SERVICE_ROLE_KEY={service}\nCHATEDGE_TOKEN={token}\n{}",
+                dev.cluster.as_ref().map(|c| format!("CHATEDGE_DB_URL={}\n", c.superuser_url())).unwrap_or_default()
+            ),
+        )?;
+        writeln!(out, "  (also in {}; a fresh token: chatedge token)", display_rel(&env_file, &manifest.dir))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn display_rel(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
+}
+
+async fn up(listen: SocketAddr, manifest_path: &Path) -> Result<()> {
+    let manifest = LoadedManifest::load(manifest_path)?;
+    let mut providers = Providers::from_env();
+    let dev = dev_stack(&manifest, &mut providers).await?;
+    let app_vars = AppVariables::resolve(&manifest.manifest, &providers)?;
+    let options = RuntimeOptions::from_env(manifest.dir.join(".chatedge/cache"));
+    let runtime = Runtime::load(&manifest, &app_vars, options)?;
+    runtime.start_epoch_ticker();
+    let app = Arc::new(App::new(&manifest, runtime)?);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let base_url = format!("http://{}", listener.local_addr()?);
+    banner(&app, &manifest, &base_url, &dev)?;
+    server::serve(listener, app, server::shutdown_signal()).await?;
+    drop(dev);
+    Ok(())
+}

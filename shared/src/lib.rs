@@ -1,0 +1,14 @@
+//! The common crate of the chatedge functions: one error envelope, JWT verification, CORS,
+//! pagination and the per-request RLS transaction. Pure logic is tested natively; the spin-sdk
+//! glue exists only when building the wasm32 components.
+
+pub mod auth;
+pub mod conversations;
+pub mod cors;
+pub mod db;
+pub mod error;
+pub mod pagination;
+#[cfg(target_arch = "wasm32")]
+pub mod spin;
+
+pub use error::ApiError;

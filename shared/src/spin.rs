@@ -1,0 +1,243 @@
+//! Glue between spin-sdk 5.2 and the pure logic: request context, responses with CORS, variables
+//! and the per-request RLS transaction over `spin:postgres/postgres@4.0.0`.
+
+use crate::auth::{AuthConfig, Principal};
+use crate::db::{self, DbFailure};
+use crate::error::ApiError;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::pg4::{self, Connection, ParameterValue, RowSet};
+
+/// Largest JSON body the CRUD routes accept.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// The parts of a request a handler reads.
+pub struct Incoming {
+    /// HTTP method.
+    pub method: Method,
+    /// Path below the matched route's prefix (Spin's `spin-path-info`), `/` at least.
+    pub path_info: String,
+    /// Raw query string without `?`.
+    pub query: String,
+    /// `Origin`, echoed in CORS headers.
+    pub origin: Option<String>,
+    /// `Authorization`.
+    pub authorization: Option<String>,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    fn from_request(req: Request) -> Self {
+        let header = |n: &str| req.header(n).and_then(|v| v.as_str()).map(str::to_owned);
+        let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
+        Incoming {
+            method: req.method().clone(),
+            path_info,
+            query: req.query().to_owned(),
+            origin: header("origin"),
+            authorization: header("authorization"),
+            body: req.into_body(),
+        }
+    }
+
+    /// The path segments below the route, without empty ones.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path_info.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Parses the body as JSON of type `T`; 413 past [`MAX_JSON_BODY`], 400 when malformed.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.len() > MAX_JSON_BODY {
+            return Err(ApiError::payload_too_large(MAX_JSON_BODY));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
+            ApiError::bad_request(code, format!("request body: {e}"))
+        })
+    }
+
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        crate::pagination::query_param(&self.query, name)
+    }
+}
+
+/// Runs a handler: preflight, error envelope and CORS on every response.
+pub fn serve(req: Request, handler: impl FnOnce(&Incoming) -> Result<Response, ApiError>) -> Response {
+    let incoming = Incoming::from_request(req);
+    let origin = incoming.origin.clone();
+    let mut response = if incoming.method == Method::Options {
+        Response::builder().status(204).build()
+    } else {
+        match handler(&incoming) {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        }
+    };
+    for (name, value) in crate::cors::headers(origin.as_deref()) {
+        response.set_header(name, value);
+    }
+    response
+}
+
+/// A response carrying the error envelope and the error's own headers.
+pub fn error_response(e: &ApiError) -> Response {
+    let mut b = Response::builder();
+    b.status(e.status).header("content-type", "application/json");
+    for (n, v) in &e.headers {
+        b.header(n.as_str(), v.as_str());
+    }
+    b.body(e.body()).build()
+}
+
+/// A JSON response from already serialized JSON text (e.g. built by Postgres).
+pub fn json_text(status: u16, json: String) -> Response {
+    Response::builder().status(status).header("content-type", "application/json").body(json).build()
+}
+
+/// A JSON response from a serializable value.
+pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
+    json_text(status, serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+}
+
+/// A component variable; `None` when undefined or empty (optional settings).
+pub fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A component variable that must be set; a 500 naming it otherwise.
+pub fn required_variable(name: &str) -> Result<String, ApiError> {
+    variable(name).ok_or_else(|| {
+        ApiError::internal(format!("server misconfigured: variable '{name}' is not set"))
+            .with_detail("variable", name)
+    })
+}
+
+/// Verification settings from the component's variables (`supabase_jwt_secret`,
+/// `supabase_jwks` / `supabase_jwks_url`, `supabase_jwt_audience`, `supabase_jwt_issuer`).
+pub fn auth_config() -> Result<AuthConfig, ApiError> {
+    let jwks_json = match variable("supabase_jwks") {
+        Some(inline) => Some(inline.into_bytes()),
+        None => match variable("supabase_jwks_url") {
+            Some(url) => Some(fetch_jwks(&url)?),
+            None => None,
+        },
+    };
+    let jwks = match jwks_json {
+        Some(bytes) => Some(crate::auth::parse_jwks(&bytes).map_err(|_| {
+            ApiError::unavailable("auth_keys_unavailable", "the JWKS document could not be parsed")
+        })?),
+        None => None,
+    };
+    let config = AuthConfig {
+        hs256_secret: variable("supabase_jwt_secret").map(String::into_bytes),
+        jwks,
+        audiences: variable("supabase_jwt_audience")
+            .unwrap_or_else(|| "authenticated".to_owned())
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        issuer: variable("supabase_jwt_issuer"),
+        leeway_secs: 30,
+    };
+    if !config.has_keys() {
+        return Err(ApiError::internal(
+            "server misconfigured: set supabase_jwt_secret or supabase_jwks_url",
+        ));
+    }
+    Ok(config)
+}
+
+fn fetch_jwks(url: &str) -> Result<Vec<u8>, ApiError> {
+    let unavailable = || ApiError::unavailable("auth_keys_unavailable", "could not fetch the JWKS");
+    let request = Request::get(url).build();
+    let response: Response = spin_sdk::http::run(spin_sdk::http::send(request)).map_err(|_| unavailable())?;
+    if *response.status() != 200 {
+        return Err(unavailable());
+    }
+    Ok(response.into_body())
+}
+
+/// Verifies the bearer token and requires a signed-in user.
+pub fn require_user(incoming: &Incoming) -> Result<(String, Principal), ApiError> {
+    auth_config()?.require_user(incoming.authorization.as_deref())
+}
+
+fn failure(e: pg4::PgError) -> DbFailure {
+    match e {
+        pg4::PgError::ConnectionFailed(m) => DbFailure::Unavailable(m),
+        pg4::PgError::QueryFailed(pg4::QueryError::DbError(d)) => DbFailure::Sql { code: d.code, message: d.message },
+        pg4::PgError::QueryFailed(pg4::QueryError::Text(m)) => {
+            if m.contains("connection closed") || m.contains("connection reset") {
+                DbFailure::Unavailable(m)
+            } else {
+                DbFailure::Other(m)
+            }
+        }
+        pg4::PgError::BadParameter(m) | pg4::PgError::ValueConversionFailed(m) | pg4::PgError::Other(m) => DbFailure::Other(m),
+    }
+}
+
+fn db_error(e: pg4::PgError) -> ApiError {
+    let f = failure(e);
+    eprintln!("database: {f:?}");
+    db::api_error(&f)
+}
+
+/// One request's transaction, running as the caller under RLS. Rolled back unless committed.
+pub struct RlsTransaction {
+    conn: Connection,
+    open: bool,
+}
+
+impl RlsTransaction {
+    /// Opens a connection to `db_url` (variable) and begins a transaction as `principal`.
+    pub fn begin(principal: &Principal) -> Result<Self, ApiError> {
+        let url = required_variable("db_url")?;
+        let conn = Connection::open(&url).map_err(db_error)?;
+        conn.execute("begin", &[]).map_err(db_error)?;
+        let mut tx = RlsTransaction { conn, open: true };
+        let params: Vec<ParameterValue> =
+            db::request_context_params(principal).into_iter().map(ParameterValue::Str).collect();
+        tx.query(db::SET_REQUEST_CONTEXT, &params)?;
+        Ok(tx)
+    }
+
+    /// A query returning rows.
+    pub fn query(&mut self, sql: &str, params: &[ParameterValue]) -> Result<RowSet, ApiError> {
+        self.conn.query(sql, params).map_err(db_error)
+    }
+
+    /// A statement returning the affected row count.
+    pub fn execute(&mut self, sql: &str, params: &[ParameterValue]) -> Result<u64, ApiError> {
+        self.conn.execute(sql, params).map_err(db_error)
+    }
+
+    /// A query whose single row and column is JSON text (`row_to_json(..)::text`); `None` when no
+    /// row came back.
+    pub fn query_json(&mut self, sql: &str, params: &[ParameterValue]) -> Result<Option<String>, ApiError> {
+        let rows = self.query(sql, params)?;
+        match rows.rows.first().and_then(|r| r.first()) {
+            None | Some(pg4::DbValue::DbNull) => Ok(None),
+            Some(pg4::DbValue::Str(s)) => Ok(Some(s.clone())),
+            Some(pg4::DbValue::Jsonb(b)) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+            Some(_) => Err(ApiError::internal("unexpected column type from the database")),
+        }
+    }
+
+    /// Commits; the work is durable once this returns `Ok`.
+    pub fn commit(mut self) -> Result<(), ApiError> {
+        self.open = false;
+        self.conn.execute("commit", &[]).map_err(db_error).map(|_| ())
+    }
+}
+
+impl Drop for RlsTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            // Best effort: hosts that pool connections must not get one back mid-transaction.
+            let _ = self.conn.execute("rollback", &[]);
+        }
+    }
+}
