@@ -209,6 +209,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The directory holding the data directory, log and socket.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// A connection URL for `user`.
     pub fn url(&self, user: &str, password: &str) -> String {
         format!("postgres://{user}:{password}@127.0.0.1:{}/postgres", self.port)

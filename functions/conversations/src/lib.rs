@@ -126,7 +126,7 @@ fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Re
 }
 
 fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
-    let body: CreateConversation = if incoming.body.iter().all(u8::is_ascii_whitespace) {
+    let body: CreateConversation = if incoming.body.is_empty() {
         CreateConversation::default()
     } else {
         incoming.json()?
