@@ -38,11 +38,7 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
         .unwrap_or_default();
     candidates.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     if let Some(dir) = candidates.into_iter().rev().find(|p| p.join("initdb").exists()) {
         return Ok(dir);
@@ -103,11 +99,7 @@ fn owner_can_use(dir: &Path) -> bool {
     if !as_postgres() {
         return true;
     }
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", "test", "-w"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(dir).status().is_ok_and(|s| s.success())
 }
 
 /// A Postgres cluster in a directory of its own.
@@ -157,10 +149,11 @@ impl Cluster {
             return Ok(preferred.to_path_buf());
         }
         let canonical = preferred.canonicalize()?;
-        let tag: String = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(canonical.to_string_lossy().as_bytes()))
-            .chars()
-            .take(16)
-            .collect();
+        let tag: String =
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(canonical.to_string_lossy().as_bytes()))
+                .chars()
+                .take(16)
+                .collect();
         let fallback = PathBuf::from("/var/tmp/chatedge/clusters").join(tag);
         std::fs::create_dir_all(&fallback)?;
         #[cfg(unix)]
@@ -184,14 +177,10 @@ impl Cluster {
         cmd.arg("-D").arg(self.root.join("data"));
         cmd.arg("-l").arg(self.root.join("postgres.log"));
         cmd.args(["-w", "-t", "60", "-o"]);
-        cmd.arg(format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200",
-            self.root.display()
-        ));
+        cmd.arg(format!("-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200", self.root.display()));
         cmd.arg("start");
-        run(cmd, "pg_ctl start").with_context(|| {
-            format!("starting postgres (log: {})", self.root.join("postgres.log").display())
-        })?;
+        run(cmd, "pg_ctl start")
+            .with_context(|| format!("starting postgres (log: {})", self.root.join("postgres.log").display()))?;
         self.port = port;
         self.running = true;
         Ok(())
@@ -286,16 +275,19 @@ impl DevSecrets {
 pub const DEMO_EMAIL: &str = "demo@chatedge.local";
 
 /// After migrations: lets `authenticator` log in with `password` and makes sure a user exists.
-pub async fn prepare_database(superuser_url: &str, authenticator_password: &str, user_id: &str, email: &str) -> Result<()> {
+pub async fn prepare_database(
+    superuser_url: &str,
+    authenticator_password: &str,
+    user_id: &str,
+    email: &str,
+) -> Result<()> {
     let (client, connection) = tokio_postgres::connect(superuser_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     // Passwords cannot be bind parameters in ALTER ROLE; this one is our own hex string.
     if !authenticator_password.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("authenticator password must be hex");
     }
-    client
-        .batch_execute(&format!("alter role authenticator with login password '{authenticator_password}'"))
-        .await?;
+    client.batch_execute(&format!("alter role authenticator with login password '{authenticator_password}'")).await?;
     let id: uuid::Uuid = user_id.parse()?;
     client
         .execute(

@@ -52,8 +52,9 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHATEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,tokio_postgres=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHATEDGE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,tokio_postgres=warn")
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
 }
 
@@ -82,34 +83,44 @@ async fn main() -> Result<()> {
 /// What the dev stack set up, for the banner.
 struct DevStack {
     cluster: Option<Cluster>,
-    secrets: DevSecrets,
+    /// Present only when the dev stack supplied something (database or JWT secret).
+    secrets: Option<DevSecrets>,
     generated_jwt: bool,
 }
 
 async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Result<DevStack> {
     let state_dir = manifest.dir.join(".chatedge");
-    let secrets = DevSecrets::load_or_create(&state_dir)?;
     let declares = |name: &str| manifest.manifest.variables.contains_key(name);
+    let need_db = declares("db_url") && !providers.provides("db_url");
+    let has_keys = ["supabase_jwt_secret", "supabase_jwks_url", "supabase_jwks"].iter().any(|v| providers.provides(v));
+    let generated_jwt = declares("supabase_jwt_secret") && !has_keys;
+    if !need_db && !generated_jwt {
+        return Ok(DevStack { cluster: None, secrets: None, generated_jwt });
+    }
+    let secrets = DevSecrets::load_or_create(&state_dir)?;
     let mut cluster = None;
-    if declares("db_url") && !providers.provides("db_url") {
+    if need_db {
         let mut c = Cluster::open_or_init(&state_dir.join("postgres"), &secrets.postgres_password, false)?;
         c.start(devstack::free_port()?)?;
         let applied = migrate::migrate(&c.superuser_url(), &manifest.dir.join("migrations")).await?;
         if !applied.is_empty() {
             tracing::info!("applied {} migration(s)", applied.len());
         }
-        devstack::prepare_database(&c.superuser_url(), &secrets.authenticator_password, &secrets.demo_user_id, devstack::DEMO_EMAIL)
-            .await?;
+        devstack::prepare_database(
+            &c.superuser_url(),
+            &secrets.authenticator_password,
+            &secrets.demo_user_id,
+            devstack::DEMO_EMAIL,
+        )
+        .await?;
         providers.dev.insert("db_url".into(), c.url("authenticator", &secrets.authenticator_password));
         providers.dev.insert("db_host".into(), c.host_port());
         cluster = Some(c);
     }
-    let has_keys = ["supabase_jwt_secret", "supabase_jwks_url", "supabase_jwks"].iter().any(|v| providers.provides(v));
-    let generated_jwt = declares("supabase_jwt_secret") && !has_keys;
     if generated_jwt {
         providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
     }
-    Ok(DevStack { cluster, secrets, generated_jwt })
+    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt })
 }
 
 fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
@@ -121,20 +132,20 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
     for line in app.route_lines(base_url) {
         writeln!(out, "{line}")?;
     }
-    if dev.cluster.is_some() || dev.generated_jwt {
-        let secret = dev.secrets.jwt_secret.as_bytes();
+    if let Some(secrets) = dev.secrets.as_ref().filter(|_| dev.generated_jwt) {
+        let secret = secrets.jwt_secret.as_bytes();
         let anon = tokens::api_key(secret, "anon")?;
         let service = tokens::api_key(secret, "service_role")?;
-        let token = tokens::user_token(secret, &dev.secrets.demo_user_id, devstack::DEMO_EMAIL, 86_400)?;
+        let token = tokens::user_token(secret, &secrets.demo_user_id, devstack::DEMO_EMAIL, 86_400)?;
         writeln!(out, "\nDev stack (like `supabase start`):")?;
         writeln!(out, "  API URL:           {base_url}")?;
         if let Some(c) = &dev.cluster {
             writeln!(out, "  DB URL:            {}", c.superuser_url())?;
         }
-        writeln!(out, "  JWT secret:        {}", dev.secrets.jwt_secret)?;
+        writeln!(out, "  JWT secret:        {}", secrets.jwt_secret)?;
         writeln!(out, "  anon key:          {anon}")?;
         writeln!(out, "  service_role key:  {service}")?;
-        writeln!(out, "  demo user:         {} ({})", devstack::DEMO_EMAIL, dev.secrets.demo_user_id)?;
+        writeln!(out, "  demo user:         {} ({})", devstack::DEMO_EMAIL, secrets.demo_user_id)?;
         writeln!(out, "  demo access token: {token}")?;
         let env_file = manifest.dir.join(".chatedge/dev.env");
         std::fs::write(
@@ -163,10 +174,16 @@ async fn up(listen: SocketAddr, manifest_path: &Path) -> Result<()> {
     let runtime = Runtime::load(&manifest, &app_vars, options)?;
     runtime.start_epoch_ticker();
     let app = Arc::new(App::new(&manifest, runtime)?);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let base_url = format!("http://{}", listener.local_addr()?);
+    let threads = std::env::var("CHATEDGE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let running = server::start(listen, app.clone(), threads).with_context(|| format!("serving on {listen}"))?;
+    let base_url = format!("http://{}", running.local_addr);
     banner(&app, &manifest, &base_url, &dev)?;
-    server::serve(listener, app, server::shutdown_signal()).await?;
+    server::shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests (up to {}s)", server::DRAIN_TIMEOUT.as_secs());
+    tokio::task::spawn_blocking(move || running.shutdown()).await??;
     drop(dev);
     Ok(())
 }

@@ -43,7 +43,8 @@ pub fn default_port(scheme: &str) -> Option<u16> {
 impl AllowedHost {
     /// Parses one (already template-expanded) entry.
     pub fn parse(raw: &str) -> Result<Self> {
-        let (scheme, rest) = raw.split_once("://").with_context(|| format!("'{raw}': expected scheme://host[:port]"))?;
+        let (scheme, rest) =
+            raw.split_once("://").with_context(|| format!("'{raw}': expected scheme://host[:port]"))?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {
             bail!("'{raw}': paths are not allowed in allowed_outbound_hosts");
@@ -139,7 +140,10 @@ pub struct OutboundHttp {
 type SendFuture = Box<
     dyn std::future::Future<
             Output = Result<
-                (http::Response<WasiBody>, Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
                 wasmtime_wasi_http::Error,
             >,
         > + Send,

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -29,6 +31,8 @@ pub struct RuntimeOptions {
     pub pg_pool_size: usize,
     /// Directory of precompiled artifacts.
     pub cache_dir: PathBuf,
+    /// Bytes of each memory / table slot kept resident between instances.
+    pub keep_resident_bytes: usize,
 }
 
 impl RuntimeOptions {
@@ -40,6 +44,7 @@ impl RuntimeOptions {
             max_instances: num("CHATEDGE_MAX_INSTANCES", 1000) as u32,
             max_memory_bytes: (num("CHATEDGE_MAX_MEMORY_MB", 256) as usize) << 20,
             pg_pool_size: num("CHATEDGE_PG_POOL_SIZE", 16) as usize,
+            keep_resident_bytes: (num("CHATEDGE_KEEP_RESIDENT_KB", 2048) as usize) << 10,
             cache_dir: std::env::var_os("CHATEDGE_CACHE_DIR").map(PathBuf::from).unwrap_or(default_cache),
         }
     }
@@ -105,7 +110,13 @@ fn engine(options: &RuntimeOptions) -> Result<Engine> {
         .max_memory_size(options.max_memory_bytes)
         .max_core_instances_per_component(50)
         .max_memories_per_component(10)
-        .max_tables_per_component(20);
+        .max_tables_per_component(20)
+        // Reuse a slot's pages instead of madvise-ing them away: a fresh instance then starts
+        // without page faults on the memory the previous request touched.
+        .linear_memory_keep_resident(options.keep_resident_bytes)
+        .table_keep_resident(options.keep_resident_bytes)
+        .decommit_batch_size(32)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut pooled = config.clone();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     match Engine::new(&pooled) {
@@ -123,9 +134,8 @@ fn engine(options: &RuntimeOptions) -> Result<Engine> {
 /// Deserializing is `unsafe` because artifacts are trusted machine code: only files in our own
 /// cache directory, owned by us and writable by nobody else, are ever deserialized.
 fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result<Component> {
-    let wasm = std::fs::read(wasm_path).with_context(|| {
-        format!("reading component {} (build it first: ./dev build)", wasm_path.display())
-    })?;
+    let wasm = std::fs::read(wasm_path)
+        .with_context(|| format!("reading component {} (build it first: ./dev build)", wasm_path.display()))?;
     let mut engine_hash = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut engine_hash);
     let key = format!(
@@ -143,7 +153,9 @@ fn load_component(engine: &Engine, wasm_path: &Path, cache_dir: &Path) -> Result
             Err(e) => tracing::warn!("discarding cached artifact {}: {e}", artifact.display()),
         }
     }
-    let component = Component::new(engine, &wasm).map_err(anyhow::Error::from).with_context(|| format!("compiling {}", wasm_path.display()))?;
+    let component = Component::new(engine, &wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling {}", wasm_path.display()))?;
     if let Err(e) = store_artifact(&component, cache_dir, &artifact) {
         tracing::warn!("could not cache {}: {e}", artifact.display());
     }
@@ -200,18 +212,16 @@ impl Runtime {
                 .instantiate_pre(&component)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("component '{id}' imports something this host does not provide"))?;
-            let pre = ProxyPre::new(pre).map_err(anyhow::Error::from).with_context(|| format!("component '{id}' does not export wasi:http/incoming-handler"))?;
+            let pre = ProxyPre::new(pre)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("component '{id}' does not export wasi:http/incoming-handler"))?;
             let allowed = spec
                 .allowed_outbound_hosts
                 .iter()
                 .map(|h| app_vars.expand(h))
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| format!("component '{id}' allowed_outbound_hosts"))?;
-            let environment = spec
-                .environment
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let environment = spec.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             components.insert(
                 id.clone(),
                 Arc::new(ComponentRuntime {

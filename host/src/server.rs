@@ -69,7 +69,12 @@ fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
 }
 
 /// A host-generated JSON error with CORS headers, in the functions' envelope.
-pub fn json_error(status: StatusCode, code: &'static str, message: &str, origin: Option<&str>) -> Response<HyperOutgoingBody> {
+pub fn json_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    origin: Option<&str>,
+) -> Response<HyperOutgoingBody> {
     let body = shared::ApiError::new(status.as_u16(), code, message).body();
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
@@ -89,13 +94,26 @@ fn set(req: &mut Request<Incoming>, name: &'static str, value: &str) {
     }
 }
 
-async fn handle(app: Arc<App>, mut req: Request<Incoming>, client: SocketAddr, local: SocketAddr) -> Response<HyperOutgoingBody> {
+async fn handle(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Response<HyperOutgoingBody> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (component_id, response) = match app.router.route(&path) {
-        None => ("-".to_owned(), json_error(StatusCode::NOT_FOUND, "route_not_found", &format!("no route matches {path}"), origin.as_deref())),
+        None => (
+            "-".to_owned(),
+            json_error(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                &format!("no route matches {path}"),
+                origin.as_deref(),
+            ),
+        ),
         Some(m) => {
             let host = req
                 .headers()
@@ -103,7 +121,8 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>, client: SocketAddr, l
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
                 .unwrap_or_else(|| local.to_string());
-            let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
+            let path_and_query =
+                req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
             // Spin's request headers; anything a client sent under these names is replaced.
             set(&mut req, "spin-full-url", &format!("http://{host}{path_and_query}"));
             set(&mut req, "spin-path-info", &m.path_info);
@@ -113,7 +132,9 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>, client: SocketAddr, l
             set(&mut req, "spin-base-path", "/");
             set(&mut req, "spin-client-addr", &client.to_string());
             for (name, value) in &m.params {
-                if let Ok(n) = http::HeaderName::from_bytes(format!("spin-path-match-{}", name.to_ascii_lowercase()).as_bytes()) {
+                if let Ok(n) =
+                    http::HeaderName::from_bytes(format!("spin-path-match-{}", name.to_ascii_lowercase()).as_bytes())
+                {
                     if let Ok(v) = HeaderValue::from_str(value) {
                         req.headers_mut().insert(n, v);
                     }
@@ -122,7 +143,12 @@ async fn handle(app: Arc<App>, mut req: Request<Incoming>, client: SocketAddr, l
             let id = m.component.to_owned();
             let response = match app.runtime.components.get(&id) {
                 Some(component) => invoke(&app, component.clone(), req, origin.as_deref()).await,
-                None => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "component missing", origin.as_deref()),
+                None => json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "component missing",
+                    origin.as_deref(),
+                ),
             };
             (id, response)
         }
@@ -156,8 +182,12 @@ async fn invoke(
     };
     let id = component.id.clone();
     let task = tokio::task::spawn(async move {
+        let t0 = std::time::Instant::now();
         let proxy = Runtime::pre(&component).instantiate_async(&mut store).await?;
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, wasi_req, out).await
+        let t1 = std::time::Instant::now();
+        let r = proxy.wasi_http_incoming_handler().call_handle(&mut store, wasi_req, out).await;
+        tracing::debug!("component {} instantiated in {:?}, handler ran {:?}", component.id, t1 - t0, t1.elapsed());
+        r
     });
     match receiver.await {
         Ok(Ok(response)) => response,
@@ -211,11 +241,76 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         }
     }
     drop(listener);
-    tracing::info!("shutting down: draining in-flight requests (up to {}s)", DRAIN_TIMEOUT.as_secs());
+    tracing::debug!("draining in-flight requests (up to {}s)", DRAIN_TIMEOUT.as_secs());
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// The server threads of a running app.
+pub struct Running {
+    /// The address actually bound (port 0 resolved).
+    pub local_addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Serves `app` thread-per-core: each of `threads` threads runs its own single-threaded runtime
+/// and its own `SO_REUSEPORT` listener on the same address, so a request's connection, guest
+/// instance and response body never hop between threads (each hop is a futex wake-up).
+pub fn start(listen: SocketAddr, app: Arc<App>, threads: usize) -> Result<Running> {
+    let (shutdown, _) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    let mut addr = listen;
+    for i in 0..threads.max(1) {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let app = app.clone();
+        let mut stop = shutdown.subscribe();
+        let handle = std::thread::Builder::new().name(format!("chatedge-http-{i}")).spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let listener = match bind_reuseport(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("binding {addr}: {e}")));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(listener.local_addr().map_err(anyhow::Error::from));
+                serve(listener, app, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        })?;
+        addr = ready_rx.recv().context("server thread died")??;
+        handles.push(handle);
+    }
+    Ok(Running { local_addr: addr, shutdown, threads: handles })
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests on every thread, and waits for them.
+    pub fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.threads {
+            match t.join() {
+                Ok(r) => r?,
+                Err(_) => anyhow::bail!("a server thread panicked"),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -57,12 +57,8 @@ impl AppVariables {
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
         for (name, AppVariable { default, required, .. }) in &manifest.variables {
-            let value = providers
-                .env
-                .get(name)
-                .or_else(|| providers.dev.get(name))
-                .cloned()
-                .or_else(|| default.clone());
+            let value =
+                providers.env.get(name).or_else(|| providers.dev.get(name)).cloned().or_else(|| default.clone());
             if value.is_none() && *required {
                 missing.push(format!("{name} (set SPIN_VARIABLE_{})", name.to_ascii_uppercase()));
             }

@@ -121,9 +121,8 @@ fn algorithm_for(jwk: &Jwk) -> Option<Algorithm> {
 /// Extracts the token from `Authorization: Bearer <token>`.
 pub fn bearer_token(authorization: Option<&str>) -> Result<&str, ApiError> {
     let value = authorization.ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or_else(|| ApiError::unauthorized("Authorization header must be 'Bearer <token>'"))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::unauthorized("Authorization header must be 'Bearer <token>'"));
     }
@@ -171,8 +170,8 @@ impl AuthConfig {
             }
         }
         if let Some(expected) = &self.issuer {
-            let ok = std.iss.as_deref() == Some(expected.as_str())
-                || (api_key && std.iss.as_deref() == Some("supabase"));
+            let ok =
+                std.iss.as_deref() == Some(expected.as_str()) || (api_key && std.iss.as_deref() == Some("supabase"));
             if !ok {
                 return Err(ApiError::unauthorized("token issuer not accepted"));
             }
@@ -208,18 +207,14 @@ impl AuthConfig {
                 .ok_or_else(|| ApiError::unauthorized("HS256 tokens are not accepted here"))?;
             return Ok((DecodingKey::from_secret(secret), Algorithm::HS256));
         }
-        let set = self
-            .jwks
-            .as_ref()
-            .ok_or_else(|| ApiError::unauthorized("token algorithm not accepted"))?;
+        let set = self.jwks.as_ref().ok_or_else(|| ApiError::unauthorized("token algorithm not accepted"))?;
         let candidates: Vec<&Jwk> = match &header.kid {
             Some(kid) => set.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).collect(),
             None => set.keys.iter().collect(),
         };
         for jwk in candidates {
             if algorithm_for(jwk) == Some(header.alg) {
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|_| ApiError::unauthorized("signing key unusable"))?;
+                let key = DecodingKey::from_jwk(jwk).map_err(|_| ApiError::unauthorized("signing key unusable"))?;
                 return Ok((key, header.alg));
             }
         }
@@ -296,7 +291,8 @@ mod tests {
         let mut c = user_claims();
         c["aud"] = json!("someone-else");
         assert_eq!(config().verify(&hs(&c)).unwrap_err().message, "token audience not accepted");
-        let forged = encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(b"other")).unwrap();
+        let forged =
+            encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(b"other")).unwrap();
         assert_eq!(config().verify(&forged).unwrap_err().status, 401);
         let mut c = user_claims();
         c["nbf"] = json!(now() + 3600);
@@ -313,7 +309,8 @@ mod tests {
     fn rejects_hs256_forged_with_the_public_key() {
         // The classic confusion: sign HS256 using the server's public key as the HMAC secret.
         for public in [&include_bytes!("../testdata/ec_public.pem")[..], include_bytes!("../testdata/jwks.json")] {
-            let token = encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(public)).unwrap();
+            let token =
+                encode(&Header::new(Algorithm::HS256), &user_claims(), &EncodingKey::from_secret(public)).unwrap();
             assert_eq!(config().verify(&token).unwrap_err().message, "invalid token signature");
         }
         // And with only JWKS configured, HS256 is not accepted at all.

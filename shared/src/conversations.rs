@@ -103,7 +103,14 @@ impl CreateConversation {
                 ));
             }
         }
-        Ok(NewConversation { title, provider, model, temperature: self.temperature, max_tokens, system_prompt: self.system_prompt })
+        Ok(NewConversation {
+            title,
+            provider,
+            model,
+            temperature: self.temperature,
+            max_tokens,
+            system_prompt: self.system_prompt,
+        })
     }
 }
 
@@ -145,7 +152,12 @@ mod tests {
         assert!(bad_t.validate().is_err());
         let bad_m = CreateConversation { max_tokens: Some(0), ..Default::default() };
         assert!(bad_m.validate().is_err());
-        let ok = CreateConversation { temperature: Some(0.7), max_tokens: Some(1024), model: Some("gpt-4o-mini".into()), ..Default::default() };
+        let ok = CreateConversation {
+            temperature: Some(0.7),
+            max_tokens: Some(1024),
+            model: Some("gpt-4o-mini".into()),
+            ..Default::default()
+        };
         assert_eq!(ok.validate().unwrap().max_tokens, Some(1024));
     }
 

@@ -13,11 +13,7 @@ pub const SET_REQUEST_CONTEXT: &str = "select set_config('role', $1, true), \
 
 /// The three text parameters of [`SET_REQUEST_CONTEXT`] for a principal.
 pub fn request_context_params(principal: &Principal) -> [String; 3] {
-    [
-        principal.role.clone(),
-        principal.claims.to_string(),
-        principal.user_id.clone().unwrap_or_default(),
-    ]
+    [principal.role.clone(), principal.claims.to_string(), principal.user_id.clone().unwrap_or_default()]
 }
 
 /// A Postgres error as the host reports it, classified for the client.

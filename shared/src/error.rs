@@ -47,10 +47,7 @@ impl ApiError {
     /// 401: no usable credentials. Carries `WWW-Authenticate` as RFC 6750 asks.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         let message = message.into();
-        let challenge = format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\"",
-            message.replace('"', "'")
-        );
+        let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", message.replace('"', "'"));
         Self::new(401, "unauthorized", message).with_header("www-authenticate", challenge)
     }
 
@@ -96,9 +93,8 @@ impl ApiError {
 
     /// The serialized envelope.
     pub fn body(&self) -> Vec<u8> {
-        let envelope = Envelope {
-            error: Body { code: self.code, message: &self.message, details: self.details.as_ref() },
-        };
+        let envelope =
+            Envelope { error: Body { code: self.code, message: &self.message, details: self.details.as_ref() } };
         // Serializing a struct of strings and JSON values cannot fail.
         serde_json::to_vec(&envelope).unwrap_or_default()
     }

@@ -49,11 +49,8 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
         None | Some("") => Ok(DEFAULT_LIMIT),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(
-                "invalid_limit",
-                format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-            )
-            .with_detail("field", "limit")),
+            _ => Err(ApiError::bad_request("invalid_limit", format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+                .with_detail("field", "limit")),
         },
     }
 }
@@ -84,16 +81,15 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 2;
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
                 }
-                None => out.push(b'%'),
-            },
+            }
             b => out.push(b),
         }
         i += 1;

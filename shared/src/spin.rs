@@ -108,8 +108,7 @@ pub fn variable(name: &str) -> Option<String> {
 /// A component variable that must be set; a 500 naming it otherwise.
 pub fn required_variable(name: &str) -> Result<String, ApiError> {
     variable(name).ok_or_else(|| {
-        ApiError::internal(format!("server misconfigured: variable '{name}' is not set"))
-            .with_detail("variable", name)
+        ApiError::internal(format!("server misconfigured: variable '{name}' is not set")).with_detail("variable", name)
     })
 }
 
@@ -124,9 +123,10 @@ pub fn auth_config() -> Result<AuthConfig, ApiError> {
         },
     };
     let jwks = match jwks_json {
-        Some(bytes) => Some(crate::auth::parse_jwks(&bytes).map_err(|_| {
-            ApiError::unavailable("auth_keys_unavailable", "the JWKS document could not be parsed")
-        })?),
+        Some(bytes) => Some(
+            crate::auth::parse_jwks(&bytes)
+                .map_err(|_| ApiError::unavailable("auth_keys_unavailable", "the JWKS document could not be parsed"))?,
+        ),
         None => None,
     };
     let config = AuthConfig {
@@ -142,9 +142,7 @@ pub fn auth_config() -> Result<AuthConfig, ApiError> {
         leeway_secs: 30,
     };
     if !config.has_keys() {
-        return Err(ApiError::internal(
-            "server misconfigured: set supabase_jwt_secret or supabase_jwks_url",
-        ));
+        return Err(ApiError::internal("server misconfigured: set supabase_jwt_secret or supabase_jwks_url"));
     }
     Ok(config)
 }
@@ -175,7 +173,9 @@ fn failure(e: pg4::PgError) -> DbFailure {
                 DbFailure::Other(m)
             }
         }
-        pg4::PgError::BadParameter(m) | pg4::PgError::ValueConversionFailed(m) | pg4::PgError::Other(m) => DbFailure::Other(m),
+        pg4::PgError::BadParameter(m) | pg4::PgError::ValueConversionFailed(m) | pg4::PgError::Other(m) => {
+            DbFailure::Other(m)
+        }
     }
 }
 

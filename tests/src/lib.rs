@@ -28,11 +28,8 @@ pub fn chatedge_bin() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("chatedge"))
-        .context("locating target dir")?;
+    let bin =
+        exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("chatedge")).context("locating target dir")?;
     if !bin.exists() {
         bail!("{} not found: build it first (./dev test does)", bin.display());
     }
@@ -63,7 +60,13 @@ impl TestDb {
         chatedge::migrate::migrate(&cluster.superuser_url(), &repo_root().join("migrations")).await?;
         let db = TestDb { cluster };
         let bootstrap_user = uuid::Uuid::new_v4().to_string();
-        devstack::prepare_database(&db.cluster.superuser_url(), AUTHENTICATOR_PASSWORD, &bootstrap_user, "bootstrap@test").await?;
+        devstack::prepare_database(
+            &db.cluster.superuser_url(),
+            AUTHENTICATOR_PASSWORD,
+            &bootstrap_user,
+            "bootstrap@test",
+        )
+        .await?;
         Ok(db)
     }
 
@@ -80,7 +83,10 @@ impl TestDb {
         let email = format!("{id}@test.local");
         self.admin()
             .await?
-            .execute("insert into auth.users (id, aud, role, email) values ($1, 'authenticated', 'authenticated', $2)", &[&id, &email])
+            .execute(
+                "insert into auth.users (id, aud, role, email) values ($1, 'authenticated', 'authenticated', $2)",
+                &[&id, &email],
+            )
             .await?;
         let token = chatedge::tokens::user_token(JWT_SECRET.as_bytes(), &id.to_string(), &email, 3600)?;
         Ok(User { id, token })
@@ -160,7 +166,10 @@ impl Host {
             .env("SPIN_VARIABLE_DB_URL", db.app_url())
             .env("SPIN_VARIABLE_DB_HOST", db.cluster.host_port())
             .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", JWT_SECRET)
-            .env("CHATEDGE_CACHE_DIR", std::env::var("CHATEDGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp/chatedge/cache".into()))
+            .env(
+                "CHATEDGE_CACHE_DIR",
+                std::env::var("CHATEDGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp/chatedge/cache".into()),
+            )
             .env_remove("CHATEDGE_LISTEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -205,7 +214,14 @@ impl Host {
     }
 
     /// Sends a request; `token` becomes `Authorization: Bearer`.
-    pub async fn send(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Result<Reply> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
         let mut req = http::Request::builder().method(method).uri(format!("{}{path}", self.base_url));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));

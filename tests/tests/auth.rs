@@ -55,10 +55,15 @@ async fn every_bad_token_is_a_401_envelope() -> anyhow::Result<()> {
     wrong_aud["aud"] = json!("some-other-api");
     let mut not_yet = claims(&user.id);
     not_yet["nbf"] = json!(now() + 3600);
-    let bad_signature = encode(&Header::new(Algorithm::HS256), &claims(&user.id), &EncodingKey::from_secret(b"not-the-secret"))?;
-    let alg_none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims(&user.id).to_string().as_bytes()));
-    let forged_with_public_key =
-        encode(&Header::new(Algorithm::HS256), &claims(&user.id), &EncodingKey::from_secret(&testdata("ec_public.pem")))?;
+    let bad_signature =
+        encode(&Header::new(Algorithm::HS256), &claims(&user.id), &EncodingKey::from_secret(b"not-the-secret"))?;
+    let alg_none =
+        format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims(&user.id).to_string().as_bytes()));
+    let forged_with_public_key = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(&user.id),
+        &EncodingKey::from_secret(&testdata("ec_public.pem")),
+    )?;
     let anon_key = token_with(json!({"role": "anon", "iss": "supabase", "exp": now() + 600}));
     let mut tampered = user.token.clone();
     tampered.insert(tampered.find('.').unwrap() + 3, 'x');
@@ -121,7 +126,11 @@ async fn jwks_url_is_fetched_only_from_an_allowed_host() -> anyhow::Result<()> {
     assert!(denied.log().contains("denied"), "no log line for the denied request:\n{}", denied.log());
 
     let allowed_host = format!("http://127.0.0.1:{port}");
-    let allowed = Host::start(&db, &[("SPIN_VARIABLE_SUPABASE_JWKS_URL", &url), ("SPIN_VARIABLE_JWKS_ALLOWED_HOST", &allowed_host)]).await?;
+    let allowed = Host::start(
+        &db,
+        &[("SPIN_VARIABLE_SUPABASE_JWKS_URL", &url), ("SPIN_VARIABLE_JWKS_ALLOWED_HOST", &allowed_host)],
+    )
+    .await?;
     assert_eq!(allowed.get(PATH, &token).await?.status, 200);
     Ok(())
 }

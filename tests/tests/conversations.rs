@@ -42,7 +42,10 @@ async fn create_get_list_rename_archive_delete() -> anyhow::Result<()> {
     let archived = host.json("PATCH", &format!("{BASE}/{id}"), &alice.token, json!({"archived": true})).await?;
     assert_eq!(archived.json()["archived"], true);
     let active = host.get(BASE, &alice.token).await?.json();
-    assert!(active["data"].as_array().unwrap().iter().all(|c| c["id"] != id.to_string()), "archived shows in the default list");
+    assert!(
+        active["data"].as_array().unwrap().iter().all(|c| c["id"] != id.to_string()),
+        "archived shows in the default list"
+    );
     let only_archived = host.get(&format!("{BASE}?archived=true"), &alice.token).await?.json();
     assert_eq!(only_archived["data"][0]["id"], id.to_string());
     let all = host.get(&format!("{BASE}?archived=all"), &alice.token).await?.json();
@@ -72,10 +75,16 @@ async fn another_users_conversation_does_not_exist_for_you() -> anyhow::Result<(
     let db = TestDb::start().await?;
     let host = Host::start(&db, &[]).await?;
     let (alice, bob) = (db.user().await?, db.user().await?);
-    let id: uuid::Uuid = host.json("POST", BASE, &alice.token, json!({"title": "private"})).await?.json()["id"].as_str().unwrap().parse()?;
+    let id: uuid::Uuid = host.json("POST", BASE, &alice.token, json!({"title": "private"})).await?.json()["id"]
+        .as_str()
+        .unwrap()
+        .parse()?;
     let admin = db.admin().await?;
     admin
-        .execute("insert into messages (conversation_id, user_id, role, content) values ($1, $2, 'user', 'secret')", &[&id, &alice.id])
+        .execute(
+            "insert into messages (conversation_id, user_id, role, content) values ($1, $2, 'user', 'secret')",
+            &[&id, &alice.id],
+        )
         .await?;
 
     let missing = format!("{BASE}/{}", uuid::Uuid::new_v4());
@@ -95,7 +104,8 @@ async fn another_users_conversation_does_not_exist_for_you() -> anyhow::Result<(
 
     let row = admin.query_one("select title from conversations where id = $1", &[&id]).await?;
     assert_eq!(row.get::<_, String>(0), "private", "bob changed alice's row");
-    let messages: i64 = admin.query_one("select count(*) from messages where conversation_id = $1", &[&id]).await?.get(0);
+    let messages: i64 =
+        admin.query_one("select count(*) from messages where conversation_id = $1", &[&id]).await?.get(0);
     assert_eq!(messages, 1);
     Ok(())
 }

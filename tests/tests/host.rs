@@ -13,7 +13,13 @@ async fn unknown_routes_preflight_and_health() -> anyhow::Result<()> {
     assert_eq!((missing.status, missing.error_code()), (404, "route_not_found".to_owned()));
 
     let preflight = host
-        .send("OPTIONS", PATH, None, None, &[("origin", "https://app.example.com"), ("access-control-request-method", "POST")])
+        .send(
+            "OPTIONS",
+            PATH,
+            None,
+            None,
+            &[("origin", "https://app.example.com"), ("access-control-request-method", "POST")],
+        )
         .await?;
     assert_eq!(preflight.status, 204);
     assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example.com"));

@@ -83,7 +83,10 @@ fn page(rows: Vec<Vec<DbValue>>, limit: u32) -> Result<Response, ApiError> {
         }
         _ => serde_json::Value::Null,
     };
-    Ok(json_text(200, format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(","))))
+    Ok(json_text(
+        200,
+        format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(",")),
+    ))
 }
 
 fn cursor_params(incoming: &Incoming) -> Result<(ParameterValue, ParameterValue), ApiError> {
@@ -126,11 +129,8 @@ fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Re
 }
 
 fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
-    let body: CreateConversation = if incoming.body.is_empty() {
-        CreateConversation::default()
-    } else {
-        incoming.json()?
-    };
+    let body: CreateConversation =
+        if incoming.body.is_empty() { CreateConversation::default() } else { incoming.json()? };
     let c = body.validate()?;
     let sql = format!(
         "with c as (
@@ -161,7 +161,9 @@ fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<R
 }
 
 fn get_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Response, ApiError> {
-    let sql = format!("select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from public.conversations where id = $1) x");
+    let sql = format!(
+        "select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from public.conversations where id = $1) x"
+    );
     let json = tx.query_json(&sql, &[conversation_id(id)?])?.ok_or_else(|| ApiError::not_found("conversation"))?;
     Ok(json_text(200, json))
 }
@@ -199,11 +201,13 @@ fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Resu
         None | Some("") | Some("asc") => false,
         Some("desc") => true,
         Some(_) => {
-            return Err(ApiError::bad_request("validation_failed", "order must be asc or desc").with_detail("field", "order"))
+            return Err(
+                ApiError::bad_request("validation_failed", "order must be asc or desc").with_detail("field", "order")
+            )
         }
     };
     let (cursor_ts, cursor_id) = cursor_params(incoming)?;
-    let visible = tx.query("select 1 from public.conversations where id = $1", &[id.clone()])?;
+    let visible = tx.query("select 1 from public.conversations where id = $1", std::slice::from_ref(&id))?;
     if visible.rows.is_empty() {
         return Err(ApiError::not_found("conversation"));
     }

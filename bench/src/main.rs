@@ -1,0 +1,235 @@
+//! `./dev bench`: each chatedge measurement printed beside its baseline, measured in the same run
+//! on the same machine. Load comes from this process over loopback keep-alive connections; every
+//! loop is bounded by a request count and a time limit.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use chatedge::manifest::LoadedManifest;
+use chatedge::runtime::{Runtime, RuntimeOptions};
+use chatedge::variables::{AppVariables, Providers};
+use http_body_util::{BodyExt, Empty, Full};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const HEALTH_BODY: &str = r#"{"status":"ok"}"#;
+const REQUESTS_PER_RUN: usize = 20_000;
+const TIME_LIMIT: Duration = Duration::from_secs(8);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The baseline: a plain hyper server returning the health component's exact bytes and headers.
+async fn plain_hyper() -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut r = http::Response::new(Full::new(Bytes::from_static(HEALTH_BODY.as_bytes())));
+                    r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    r.headers_mut().insert("access-control-allow-origin", http::HeaderValue::from_static("*"));
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// `chatedge up` as users run it, on a free port; the health route needs no database.
+async fn chatedge_up() -> Result<(tokio::process::Child, String)> {
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["up", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(repo_root().join("spin.toml"))
+        .env("SPIN_VARIABLE_DB_URL", "postgres://bench@127.0.0.1:9/bench")
+        .env("SPIN_VARIABLE_DB_HOST", "127.0.0.1:9")
+        .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", "bench-secret-bench-secret-bench-secret")
+        .env("CHATEDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(url) = line.strip_prefix("Serving ") {
+            let url = url.trim().to_owned();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((child, url));
+        }
+    }
+    bail!("chatedge exited before serving")
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+    n: usize,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+}
+
+/// `concurrency` keep-alive connections issuing GETs back to back.
+async fn load(url: &str, concurrency: usize) -> Result<Stats> {
+    let uri: http::Uri = url.parse()?;
+    let authority = uri.authority().context("authority")?.clone();
+    let per_worker = REQUESTS_PER_RUN / concurrency;
+    let deadline = Instant::now() + TIME_LIMIT;
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let uri = uri.clone();
+        let authority = authority.clone();
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut latencies = Vec::with_capacity(per_worker);
+            for _ in 0..per_worker {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let req =
+                    http::Request::get(uri.clone()).header("host", authority.as_str()).body(Empty::<Bytes>::new())?;
+                let t = Instant::now();
+                let res = sender.send_request(req).await?;
+                let status = res.status();
+                let body = res.into_body().collect().await?.to_bytes();
+                latencies.push(t.elapsed());
+                if status != 200 || body != HEALTH_BODY.as_bytes() {
+                    bail!("unexpected response {status}: {body:?}");
+                }
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    Ok(Stats {
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        n: all.len(),
+    })
+}
+
+/// Store + instance creation for the health component, through the host's own runtime.
+async fn instantiation() -> Result<(Duration, Duration, usize)> {
+    let manifest = LoadedManifest::load(&repo_root().join("spin.toml"))?;
+    let mut providers = Providers::default();
+    for (k, v) in [("db_url", "postgres://x@127.0.0.1:9/x"), ("db_host", "127.0.0.1:9")] {
+        providers.dev.insert(k.into(), v.into());
+    }
+    let vars = AppVariables::resolve(&manifest.manifest, &providers)?;
+    let runtime = Runtime::load(&manifest, &vars, RuntimeOptions::from_env(manifest.dir.join(".chatedge/cache")))?;
+    let component = runtime.components.get("health").context("health component")?.clone();
+    let mut handled = Vec::new();
+    for _ in 0..2_000 {
+        let t = Instant::now();
+        let mut store = runtime.new_store(&component);
+        let req = http::Request::get("http://localhost/functions/v1/health").body(Empty::<Bytes>::new())?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let wasi_req = {
+            use wasmtime_wasi_http::WasiHttpView;
+            let r = store.data_mut().http().new_incoming_request(
+                wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+                req.map(|b| {
+                    b.map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
+                }),
+            );
+            r.map_err(anyhow::Error::from)?
+        };
+        let out = {
+            use wasmtime_wasi_http::WasiHttpView;
+            store.data_mut().http().new_response_outparam(sender).map_err(anyhow::Error::from)?
+        };
+        let proxy = Runtime::pre(&component).instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, wasi_req, out).await.map_err(anyhow::Error::from)?;
+        let response = receiver.await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let body = response.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?.to_bytes();
+        handled.push(t.elapsed());
+        if body != HEALTH_BODY.as_bytes() {
+            bail!("unexpected body {body:?}");
+        }
+    }
+    handled.sort();
+    println!(
+        "in-process instantiate + handle + read body: p50 {:.1} us, p99 {:.1} us over {}",
+        percentile(&handled, 0.5).as_secs_f64() * 1e6,
+        percentile(&handled, 0.99).as_secs_f64() * 1e6,
+        handled.len()
+    );
+    let mut samples = Vec::new();
+    for _ in 0..5_000 {
+        let t = Instant::now();
+        let mut store = runtime.new_store(&component);
+        Runtime::pre(&component).instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), samples.len()))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let baseline = plain_hyper().await?;
+    let (_child, host) = chatedge_up().await?;
+    let health = "/functions/v1/health";
+    println!(
+        "# chatedge bench ({} cores; client, server and baseline share them)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!();
+    println!("## Trivial component request: GET {health}, keep-alive, loopback");
+    println!("{:<28} {:>5} {:>10} {:>10} {:>10} {:>7}", "server", "conc", "p50 ms", "p99 ms", "req/s", "n");
+    let mut p50s = Vec::new();
+    for concurrency in [1, 32] {
+        for (name, base) in [("plain hyper (baseline)", &baseline), ("chatedge up (wasm)", &host)] {
+            // Warm-up: connections, caches, pool slots.
+            load(&format!("{base}{health}"), concurrency).await?;
+            let s = load(&format!("{base}{health}"), concurrency).await?;
+            println!("{name:<28} {concurrency:>5} {:>10} {:>10} {:>10.0} {:>7}", ms(s.p50), ms(s.p99), s.rps, s.n);
+            p50s.push((concurrency, name, s.p50));
+        }
+    }
+    for c in [1, 32] {
+        let pair: Vec<_> = p50s.iter().filter(|(cc, _, _)| *cc == c).collect();
+        if let [base, ours] = pair.as_slice() {
+            println!("p50 overhead at concurrency {c}: {} ms (goal <= 1 ms)", ms(ours.2.saturating_sub(base.2)));
+        }
+    }
+    println!();
+    let (p50, p99, n) = instantiation().await?;
+    println!("## Per-request instantiation (fresh Store + instance of the health component, pooling allocator)");
+    println!(
+        "p50 {:.1} us, p99 {:.1} us over {n} instantiations (goal <= 50 us)",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
