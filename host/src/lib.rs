@@ -2,6 +2,7 @@
 //! variables, Postgres and outbound HTTP capabilities, plus migrations and the embedded dev stack.
 
 pub mod devstack;
+pub mod keyvalue;
 pub mod manifest;
 pub mod migrate;
 pub mod outbound;
@@ -21,6 +22,9 @@ pub mod bindings {
         with: {
             "spin:postgres/postgres@4.0.0.connection": crate::postgres::PgConnection,
             "spin:postgres/postgres@3.0.0.connection": crate::postgres::PgConnection,
+            "fermyon:spin/key-value@2.0.0.store": crate::keyvalue::Bucket,
+            "wasi:keyvalue/store@0.2.0-draft2.bucket": crate::keyvalue::Bucket,
+            "wasi:keyvalue/atomics@0.2.0-draft2.cas": crate::keyvalue::Cas,
         },
     });
 }

@@ -155,6 +155,11 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
                 dev.cluster.as_ref().map(|c| format!("CHATEDGE_DB_URL={}\n", c.superuser_url())).unwrap_or_default()
             ),
         )?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600))?;
+        }
         writeln!(out, "  (also in {}; a fresh token: chatedge token)", display_rel(&env_file, &manifest.dir))?;
     }
     out.flush()?;

@@ -22,21 +22,27 @@ use std::time::Duration;
 use crate::bindings::spin::postgres3_0_0::postgres as v3;
 use crate::bindings::spin::postgres4_0_0::postgres as v4;
 
-/// The pools of every database address components opened, shared by all requests.
+/// The pools of every database address components opened.
+///
+/// One pool per address *per server thread*: a connection's I/O task runs on the runtime that
+/// opened it, so sharing it with another thread's runtime would make each thread's queries
+/// depend on the other staying alive and unblocked (and a thread that finishes draining at
+/// shutdown would take its connections down under the other's in-flight requests).
 pub struct PgPools {
-    pools: Mutex<HashMap<String, Pool>>,
+    pools: Mutex<HashMap<(std::thread::ThreadId, String), Pool>>,
     max_size: usize,
 }
 
 impl PgPools {
-    /// `max_size` connections per address.
+    /// `max_size` connections per address and server thread.
     pub fn new(max_size: usize) -> Self {
         PgPools { pools: Mutex::new(HashMap::new()), max_size }
     }
 
     fn pool(&self, address: &str) -> Result<Pool, v4::Error> {
         let mut pools = self.pools.lock().map_err(|_| v4::Error::Other("pool registry poisoned".into()))?;
-        if let Some(p) = pools.get(address) {
+        let key = (std::thread::current().id(), address.to_owned());
+        if let Some(p) = pools.get(&key) {
             return Ok(p.clone());
         }
         let mut config = tokio_postgres::Config::from_str(address)
@@ -56,7 +62,7 @@ impl PgPools {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| v4::Error::ConnectionFailed(e.to_string()))?;
-        pools.insert(address.to_owned(), pool.clone());
+        pools.insert(key, pool.clone());
         Ok(pool)
     }
 }

@@ -62,6 +62,8 @@ pub struct RequestState {
     pub component: Arc<ComponentRuntime>,
     /// Postgres pools shared by all requests.
     pub pg: Arc<PgPools>,
+    /// Key-value stores shared by all requests.
+    pub kv: Arc<crate::keyvalue::KvStores>,
 }
 
 impl WasiView for RequestState {
@@ -84,6 +86,8 @@ pub struct ComponentRuntime {
     pub variables: ComponentVariables,
     /// Parsed `allowed_outbound_hosts`.
     pub outbound: OutboundPolicy,
+    /// Stores the component may open (`key_value_stores`).
+    pub key_value_stores: Vec<String>,
     environment: Vec<(String, String)>,
     pre: ProxyPre<RequestState>,
 }
@@ -94,6 +98,7 @@ pub struct Runtime {
     /// Components by id.
     pub components: BTreeMap<String, Arc<ComponentRuntime>>,
     pg: Arc<PgPools>,
+    kv: Arc<crate::keyvalue::KvStores>,
     options: RuntimeOptions,
 }
 
@@ -229,6 +234,7 @@ impl Runtime {
                     variables: ComponentVariables::new(&spec.variables, app_vars)
                         .with_context(|| format!("component '{id}' variables"))?,
                     outbound: OutboundPolicy::new(id, &allowed)?,
+                    key_value_stores: spec.key_value_stores.clone(),
                     environment,
                     pre,
                 }),
@@ -238,7 +244,7 @@ impl Runtime {
             bail!("the manifest has no components");
         }
         let pg = Arc::new(PgPools::new(options.pg_pool_size));
-        Ok(Runtime { engine, components, pg, options })
+        Ok(Runtime { engine, components, pg, kv: Arc::default(), options })
     }
 
     /// Starts the epoch ticker that lets long-running guests yield to other requests.
@@ -268,6 +274,7 @@ impl Runtime {
             hooks: OutboundHttp { policy: component.clone() },
             component: component.clone(),
             pg: self.pg.clone(),
+            kv: self.kv.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -112,14 +112,37 @@ pub fn required_variable(name: &str) -> Result<String, ApiError> {
     })
 }
 
+/// How long a fetched JWKS is trusted before it is fetched again.
+pub const JWKS_TTL_SECS: u64 = 600;
+/// A token naming an unknown key refetches the JWKS (key rotation), at most this often.
+pub const JWKS_REFRESH_MIN_SECS: u64 = 30;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where the JWKS came from, so a miss on a cached set can refetch.
+enum JwksSource {
+    None,
+    Inline,
+    Url { fetched_at: u64 },
+}
+
 /// Verification settings from the component's variables (`supabase_jwt_secret`,
 /// `supabase_jwks` / `supabase_jwks_url`, `supabase_jwt_audience`, `supabase_jwt_issuer`).
 pub fn auth_config() -> Result<AuthConfig, ApiError> {
-    let jwks_json = match variable("supabase_jwks") {
-        Some(inline) => Some(inline.into_bytes()),
+    Ok(auth_config_with_source(false)?.0)
+}
+
+fn auth_config_with_source(force_refresh: bool) -> Result<(AuthConfig, JwksSource), ApiError> {
+    let (jwks_json, source) = match variable("supabase_jwks") {
+        Some(inline) => (Some(inline.into_bytes()), JwksSource::Inline),
         None => match variable("supabase_jwks_url") {
-            Some(url) => Some(fetch_jwks(&url)?),
-            None => None,
+            Some(url) => {
+                let (body, fetched_at) = cached_jwks(&url, force_refresh)?;
+                (Some(body), JwksSource::Url { fetched_at })
+            }
+            None => (None, JwksSource::None),
         },
     };
     let jwks = match jwks_json {
@@ -144,7 +167,39 @@ pub fn auth_config() -> Result<AuthConfig, ApiError> {
     if !config.has_keys() {
         return Err(ApiError::internal("server misconfigured: set supabase_jwt_secret or supabase_jwks_url"));
     }
-    Ok(config)
+    Ok((config, source))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedJwks {
+    fetched_at: u64,
+    body: String,
+}
+
+/// The JWKS for `url`: from the app's `default` key-value store while fresh (instances are
+/// per request, so the store is the only cache that outlives one), else fetched and stored.
+/// Without a key-value store the document is fetched every time.
+fn cached_jwks(url: &str, force_refresh: bool) -> Result<(Vec<u8>, u64), ApiError> {
+    let store = spin_sdk::key_value::Store::open_default().ok();
+    let key = format!("jwks:{url}");
+    let now = now_secs();
+    if let Some(store) = &store {
+        if let Ok(Some(raw)) = store.get(&key) {
+            if let Ok(c) = serde_json::from_slice::<CachedJwks>(&raw) {
+                let age = now.saturating_sub(c.fetched_at);
+                if age < JWKS_TTL_SECS && !(force_refresh && age >= JWKS_REFRESH_MIN_SECS) {
+                    return Ok((c.body.into_bytes(), c.fetched_at));
+                }
+            }
+        }
+    }
+    let body = fetch_jwks(url)?;
+    if let (Some(store), Ok(text)) = (&store, String::from_utf8(body.clone())) {
+        if let Ok(v) = serde_json::to_vec(&CachedJwks { fetched_at: now, body: text }) {
+            let _ = store.set(&key, &v);
+        }
+    }
+    Ok((body, now))
 }
 
 fn fetch_jwks(url: &str) -> Result<Vec<u8>, ApiError> {
@@ -157,9 +212,19 @@ fn fetch_jwks(url: &str) -> Result<Vec<u8>, ApiError> {
     Ok(response.into_body())
 }
 
-/// Verifies the bearer token and requires a signed-in user.
+/// Verifies the bearer token and requires a signed-in user. A token signed by a key the cached
+/// JWKS does not hold triggers one refetch (the project may have rotated its keys).
 pub fn require_user(incoming: &Incoming) -> Result<(String, Principal), ApiError> {
-    auth_config()?.require_user(incoming.authorization.as_deref())
+    let (config, source) = auth_config_with_source(false)?;
+    match config.require_user(incoming.authorization.as_deref()) {
+        Err(e) if e.message.starts_with("no key matches") => match source {
+            JwksSource::Url { fetched_at, .. } if now_secs().saturating_sub(fetched_at) >= JWKS_REFRESH_MIN_SECS => {
+                auth_config_with_source(true)?.0.require_user(incoming.authorization.as_deref())
+            }
+            JwksSource::Url { .. } | JwksSource::Inline | JwksSource::None => Err(e),
+        },
+        other => other,
+    }
 }
 
 fn failure(e: pg4::PgError) -> DbFailure {

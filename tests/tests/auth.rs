@@ -99,12 +99,16 @@ async fn jwks_url_is_fetched_only_from_an_allowed_host() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let jwks = bytes::Bytes::from(testdata("jwks.json"));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let jwks = jwks.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let jwks = jwks.clone();
                     async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(jwks))) }
                 });
