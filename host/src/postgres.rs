@@ -146,6 +146,113 @@ enum Param {
     Decimals(Vec<Option<rust_decimal::Decimal>>),
     Texts(Vec<Option<String>>),
     Interval(v4::Interval),
+    Range(RangeParam),
+}
+
+/// A range parameter: bounds as (value, inclusive), `None` for an infinite side.
+enum RangeParam {
+    I32(Option<(i32, bool)>, Option<(i32, bool)>),
+    I64(Option<(i64, bool)>, Option<(i64, bool)>),
+    Decimal(Option<(rust_decimal::Decimal, bool)>, Option<(rust_decimal::Decimal, bool)>),
+}
+
+// Postgres' binary range format (range_send): a flags byte, then each finite bound as a
+// length-prefixed element. Written by hand: postgres-types has no range support.
+const RANGE_EMPTY: u8 = 0x01;
+const RANGE_LB_INC: u8 = 0x02;
+const RANGE_UB_INC: u8 = 0x04;
+const RANGE_LB_INF: u8 = 0x08;
+const RANGE_UB_INF: u8 = 0x10;
+
+type SqlError = Box<dyn std::error::Error + Sync + Send>;
+
+fn write_range<T: ToSql>(
+    lower: &Option<(T, bool)>,
+    upper: &Option<(T, bool)>,
+    element: &Type,
+    out: &mut BytesMut,
+) -> Result<IsNull, SqlError> {
+    use bytes::BufMut;
+    let mut flags = 0;
+    match lower {
+        None => flags |= RANGE_LB_INF,
+        Some((_, true)) => flags |= RANGE_LB_INC,
+        Some((_, false)) => {}
+    }
+    match upper {
+        None => flags |= RANGE_UB_INF,
+        Some((_, true)) => flags |= RANGE_UB_INC,
+        Some((_, false)) => {}
+    }
+    out.put_u8(flags);
+    for (value, _) in [lower, upper].into_iter().flatten() {
+        let mut buf = BytesMut::new();
+        value.to_sql(element, &mut buf)?;
+        out.put_i32(i32::try_from(buf.len())?);
+        out.extend_from_slice(&buf);
+    }
+    Ok(IsNull::No)
+}
+
+/// Decodes a range's bounds with `element` decoding one bound; an empty range has none.
+#[allow(clippy::type_complexity)]
+fn read_range<T>(
+    raw: &[u8],
+    element: impl Fn(&[u8]) -> Result<T, SqlError>,
+) -> Result<(Option<(T, bool)>, Option<(T, bool)>), SqlError> {
+    let (&flags, mut rest) = raw.split_first().ok_or("empty range value")?;
+    if flags & RANGE_EMPTY != 0 {
+        return Ok((None, None));
+    }
+    let mut bound = |infinite: u8, inclusive: u8| -> Result<Option<(T, bool)>, SqlError> {
+        if flags & infinite != 0 {
+            return Ok(None);
+        }
+        let (len, tail) = rest.split_at_checked(4).ok_or("truncated range")?;
+        let len = usize::try_from(i32::from_be_bytes(len.try_into()?))?;
+        let (value, tail) = tail.split_at_checked(len).ok_or("truncated range")?;
+        rest = tail;
+        Ok(Some((element(value)?, flags & inclusive != 0)))
+    };
+    let lower = bound(RANGE_LB_INF, RANGE_LB_INC)?;
+    let upper = bound(RANGE_UB_INF, RANGE_UB_INC)?;
+    Ok((lower, upper))
+}
+
+fn kind(inclusive: bool) -> v4::RangeBoundKind {
+    if inclusive {
+        v4::RangeBoundKind::Inclusive
+    } else {
+        v4::RangeBoundKind::Exclusive
+    }
+}
+
+fn wit_bound<T, U>(b: Option<(T, bool)>, f: impl Fn(T) -> U) -> Option<(U, v4::RangeBoundKind)> {
+    b.map(|(v, inc)| (f(v), kind(inc)))
+}
+
+struct RangeValue(v4::DbValue);
+
+impl<'a> FromSql<'a> for RangeValue {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, SqlError> {
+        Ok(RangeValue(match *ty {
+            Type::INT4_RANGE => {
+                let (l, u) = read_range(raw, |b| i32::from_sql(&Type::INT4, b))?;
+                v4::DbValue::RangeInt32((wit_bound(l, |v| v), wit_bound(u, |v| v)))
+            }
+            Type::INT8_RANGE => {
+                let (l, u) = read_range(raw, |b| i64::from_sql(&Type::INT8, b))?;
+                v4::DbValue::RangeInt64((wit_bound(l, |v| v), wit_bound(u, |v| v)))
+            }
+            _ => {
+                let (l, u) = read_range(raw, |b| rust_decimal::Decimal::from_sql(&Type::NUMERIC, b))?;
+                v4::DbValue::RangeDecimal((wit_bound(l, |d| d.to_string()), wit_bound(u, |d| d.to_string())))
+            }
+        }))
+    }
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::INT4_RANGE | Type::INT8_RANGE | Type::NUM_RANGE)
+    }
 }
 
 impl std::fmt::Debug for Param {
@@ -177,6 +284,9 @@ impl ToSql for Param {
             Param::I64s(v) => v.to_sql(ty, out),
             Param::Decimals(v) => v.to_sql(ty, out),
             Param::Texts(v) => v.to_sql(ty, out),
+            Param::Range(RangeParam::I32(l, u)) => write_range(l, u, &Type::INT4, out),
+            Param::Range(RangeParam::I64(l, u)) => write_range(l, u, &Type::INT8, out),
+            Param::Range(RangeParam::Decimal(l, u)) => write_range(l, u, &Type::NUMERIC, out),
             Param::Interval(i) => {
                 use bytes::BufMut;
                 out.put_i64(i.micros);
@@ -208,6 +318,10 @@ fn time(h: u8, m: u8, s: u8, ns: u32) -> Result<chrono::NaiveTime, v4::Error> {
 
 fn decimal(s: &str) -> Result<rust_decimal::Decimal, v4::Error> {
     rust_decimal::Decimal::from_str_exact(s).map_err(|_| bad("invalid decimal"))
+}
+
+fn bound<T>(b: Option<(T, v4::RangeBoundKind)>) -> Option<(T, bool)> {
+    b.map(|(v, k)| (v, k == v4::RangeBoundKind::Inclusive))
 }
 
 fn param(value: v4::ParameterValue) -> Result<(Param, Type), v4::Error> {
@@ -243,8 +357,13 @@ fn param(value: v4::ParameterValue) -> Result<(Param, Type), v4::Error> {
         ),
         P::ArrayStr(v) => (Param::Texts(v), Type::TEXT_ARRAY),
         P::Interval(i) => (Param::Interval(i), Type::INTERVAL),
-        P::RangeInt32(_) | P::RangeInt64(_) | P::RangeDecimal(_) => {
-            return Err(bad("range parameters are not supported by this host"))
+        P::RangeInt32((l, u)) => (Param::Range(RangeParam::I32(bound(l), bound(u))), Type::INT4_RANGE),
+        P::RangeInt64((l, u)) => (Param::Range(RangeParam::I64(bound(l), bound(u))), Type::INT8_RANGE),
+        P::RangeDecimal((l, u)) => {
+            let dec = |b: Option<(String, v4::RangeBoundKind)>| -> Result<_, v4::Error> {
+                b.map(|(v, k)| Ok((decimal(&v)?, k == v4::RangeBoundKind::Inclusive))).transpose()
+            };
+            (Param::Range(RangeParam::Decimal(dec(l)?, dec(u)?)), Type::NUM_RANGE)
         }
     })
 }
@@ -359,6 +478,7 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<v4::DbValue, tokio_postg
             v.into_iter().map(|d| d.map(|d| d.to_string())).collect()
         )),
         Type::INTERVAL => get!(Interval, |i| V::Interval(i.0)),
+        Type::INT4_RANGE | Type::INT8_RANGE | Type::NUM_RANGE => get!(RangeValue, |r| r.0),
         _ => get!(Raw, |r| V::Unsupported(r.0)),
     })
 }
@@ -651,5 +771,38 @@ mod tests {
         assert_eq!(param(P::Jsonb(b"{\"a\":1}".to_vec())).unwrap().1, Type::JSONB);
         assert!(param(P::Date((2026, 2, 30))).is_err());
         assert_eq!(param(P::Decimal("1.50".into())).unwrap().1, Type::NUMERIC);
+    }
+
+    #[test]
+    fn ranges_round_trip_through_the_binary_format() {
+        use v4::RangeBoundKind::{Exclusive, Inclusive};
+        let cases = [
+            (Type::INT4_RANGE, v4::ParameterValue::RangeInt32((Some((2, Inclusive)), Some((41, Exclusive))))),
+            (Type::INT8_RANGE, v4::ParameterValue::RangeInt64((Some((123123123123, Inclusive)), None))),
+            (
+                Type::NUM_RANGE,
+                v4::ParameterValue::RangeDecimal((
+                    Some(("1234.56".into(), Exclusive)),
+                    Some(("4567.789".into(), Inclusive)),
+                )),
+            ),
+        ];
+        for (ty, value) in cases {
+            let (p, t) = param(value).unwrap();
+            assert_eq!(t, ty);
+            let mut buf = BytesMut::new();
+            p.to_sql(&t, &mut buf).unwrap();
+            let back = RangeValue::from_sql(&t, &buf).unwrap().0;
+            let ok = match back {
+                v4::DbValue::RangeInt32(r) => r == (Some((2, Inclusive)), Some((41, Exclusive))),
+                v4::DbValue::RangeInt64(r) => r == (Some((123123123123, Inclusive)), None),
+                v4::DbValue::RangeDecimal(r) => {
+                    r == (Some(("1234.56".into(), Exclusive)), Some(("4567.789".into(), Inclusive)))
+                }
+                _ => false,
+            };
+            assert!(ok, "{ty}");
+        }
+        assert!(read_range(&[RANGE_LB_INC], |b| i32::from_sql(&Type::INT4, b)).is_err(), "truncated");
     }
 }

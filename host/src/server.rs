@@ -123,7 +123,17 @@ async fn handle(
                 .unwrap_or_else(|| local.to_string());
             let path_and_query =
                 req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
-            // Spin's request headers; anything a client sent under these names is replaced.
+            // Spin's request headers. A client cannot supply any `spin-*` header of its own
+            // (a forged `spin-client-addr` would fool rate limits keyed on it).
+            let forged: Vec<http::HeaderName> = req
+                .headers()
+                .keys()
+                .filter(|k| k.as_str().starts_with("spin-") || k.as_str().starts_with("spin_"))
+                .cloned()
+                .collect();
+            for name in forged {
+                req.headers_mut().remove(name);
+            }
             set(&mut req, "spin-full-url", &format!("http://{host}{path_and_query}"));
             set(&mut req, "spin-path-info", &m.path_info);
             set(&mut req, "spin-matched-route", m.raw);
@@ -132,9 +142,9 @@ async fn handle(
             set(&mut req, "spin-base-path", "/");
             set(&mut req, "spin-client-addr", &client.to_string());
             for (name, value) in &m.params {
-                if let Ok(n) =
-                    http::HeaderName::from_bytes(format!("spin-path-match-{}", name.to_ascii_lowercase()).as_bytes())
-                {
+                if let Ok(n) = http::HeaderName::from_bytes(
+                    format!("spin-path-match-{}", name.to_ascii_lowercase().replace('_', "-")).as_bytes(),
+                ) {
                     if let Ok(v) = HeaderValue::from_str(value) {
                         req.headers_mut().insert(n, v);
                     }
