@@ -8,7 +8,11 @@ pub mod cors;
 pub mod db;
 pub mod error;
 pub mod pagination;
+pub mod pricing;
+pub mod providers;
+pub mod retry;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
+pub mod sse;
 
 pub use error::ApiError;
