@@ -10,6 +10,7 @@ pub mod error;
 pub mod pagination;
 pub mod pricing;
 pub mod providers;
+pub mod ratelimit;
 pub mod retry;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
