@@ -40,6 +40,31 @@ impl Bucket {
         // A poisoned lock only means another request panicked mid-update of a plain map.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    // The operations both interfaces share; each interface only maps the error type.
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.lock().get(key).cloned()
+    }
+
+    fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
+        check(&key, Some(&value))?;
+        self.lock().insert(key, value);
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    fn sorted_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
 }
 
 /// A compare-and-swap handle: the value seen when it was created.
@@ -94,7 +119,7 @@ impl spin_kv::HostStore for RequestState {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, spin_kv::Error>> {
-        Ok(Ok(self.table.get(&b)?.lock().get(&key).cloned()))
+        Ok(Ok(self.table.get(&b)?.get(&key)))
     }
 
     async fn set(
@@ -103,24 +128,20 @@ impl spin_kv::HostStore for RequestState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), spin_kv::Error>> {
-        if let Err(e) = check(&key, Some(&value)) {
-            return Ok(Err(spin_kv::Error::Other(e)));
-        }
-        self.table.get(&b)?.lock().insert(key, value);
-        Ok(Ok(()))
+        Ok(self.table.get(&b)?.set(key, value).map_err(spin_kv::Error::Other))
     }
 
     async fn delete(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), spin_kv::Error>> {
-        self.table.get(&b)?.lock().remove(&key);
+        self.table.get(&b)?.delete(&key);
         Ok(Ok(()))
     }
 
     async fn exists(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, spin_kv::Error>> {
-        Ok(Ok(self.table.get(&b)?.lock().contains_key(&key)))
+        Ok(Ok(self.table.get(&b)?.exists(&key)))
     }
 
     async fn get_keys(&mut self, b: Resource<Bucket>) -> wasmtime::Result<Result<Vec<String>, spin_kv::Error>> {
-        Ok(Ok(self.table.get(&b)?.lock().keys().cloned().collect()))
+        Ok(Ok(self.table.get(&b)?.sorted_keys()))
     }
 
     async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -141,7 +162,7 @@ impl store::HostBucket for RequestState {
         b: Resource<Bucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        Ok(Ok(self.table.get(&b)?.lock().get(&key).cloned()))
+        Ok(Ok(self.table.get(&b)?.get(&key)))
     }
 
     async fn set(
@@ -150,20 +171,16 @@ impl store::HostBucket for RequestState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        if let Err(e) = check(&key, Some(&value)) {
-            return Ok(Err(store::Error::Other(e)));
-        }
-        self.table.get(&b)?.lock().insert(key, value);
-        Ok(Ok(()))
+        Ok(self.table.get(&b)?.set(key, value).map_err(store::Error::Other))
     }
 
     async fn delete(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
-        self.table.get(&b)?.lock().remove(&key);
+        self.table.get(&b)?.delete(&key);
         Ok(Ok(()))
     }
 
     async fn exists(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
-        Ok(Ok(self.table.get(&b)?.lock().contains_key(&key)))
+        Ok(Ok(self.table.get(&b)?.exists(&key)))
     }
 
     async fn list_keys(
@@ -172,8 +189,7 @@ impl store::HostBucket for RequestState {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         // One page, in key order, starting after `cursor`.
-        let mut keys: Vec<String> = self.table.get(&b)?.lock().keys().cloned().collect();
-        keys.sort();
+        let mut keys = self.table.get(&b)?.sorted_keys();
         if let Some(c) = cursor {
             keys.retain(|k| *k > c);
         }
