@@ -4,7 +4,7 @@
 pub const ALLOW_HEADERS: &str = "authorization, x-client-info, apikey, content-type, x-provider-api-key, x-file-name, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout";
 
 /// Headers a browser script may read from our responses (rate-limit state, request id).
-pub const EXPOSE_HEADERS: &str = "retry-after, ratelimit, ratelimit-policy, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, x-request-id";
+pub const EXPOSE_HEADERS: &str = "retry-after, ratelimit, ratelimit-policy, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, x-request-id, x-chatedge-conversation-id, x-chatedge-message-id, x-chatedge-user-message-id, x-chatedge-provider";
 
 /// The CORS headers for every response. `origin` is echoed when given so that credentials work;
 /// otherwise `*`.

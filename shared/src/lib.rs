@@ -3,10 +3,13 @@
 //! glue exists only when building the wasm32 components.
 
 pub mod auth;
+pub mod chat;
 pub mod conversations;
 pub mod cors;
 pub mod db;
 pub mod error;
+#[cfg(target_arch = "wasm32")]
+pub mod outbound;
 pub mod pagination;
 pub mod pricing;
 pub mod providers;

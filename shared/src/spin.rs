@@ -306,3 +306,11 @@ impl Drop for RlsTransaction {
         }
     }
 }
+
+impl RlsTransaction {
+    /// Switches the rest of the transaction to `service_role`, for bookkeeping users may read but
+    /// never write themselves (`api_usage`). Only after the caller's own statements.
+    pub fn become_service_role(&mut self) -> Result<(), ApiError> {
+        self.query("select set_config('role', 'service_role', true)", &[]).map(|_| ())
+    }
+}

@@ -13,6 +13,8 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+pub mod fake_llm;
+
 /// The HS256 secret every test host is configured with.
 pub const JWT_SECRET: &str = "test-secret-with-at-least-32-characters-0123456789";
 const AUTHENTICATOR_PASSWORD: &str = "0123456789abcdef";
@@ -239,6 +241,18 @@ impl Host {
         Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, body })
     }
 
+    /// Sends a JSON POST and returns the response head with its body unread, for streams read
+    /// piece by piece (or abandoned).
+    pub async fn open(&self, path: &str, token: &str, body: &Value) -> Result<http::Response<hyper::body::Incoming>> {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}{path}", self.base_url))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        Ok(self.client.request(req).await?)
+    }
+
     /// GET with a token.
     pub async fn get(&self, path: &str, token: &str) -> Result<Reply> {
         self.send("GET", path, Some(token), None, &[]).await
@@ -261,4 +275,15 @@ impl Host {
 /// Mints a token with arbitrary claims and the test secret.
 pub fn token_with(claims: Value) -> String {
     chatedge::tokens::sign(JWT_SECRET.as_bytes(), &claims).unwrap_or_default()
+}
+
+/// The `data:` payloads of an SSE body, in order (`[DONE]` included as text).
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    let mut parser = shared::sse::Parser::new();
+    parser.feed(body).map(|events| events.into_iter().map(|e| e.data).collect()).unwrap_or_default()
+}
+
+/// The `data:` payloads of an SSE body parsed as JSON, `[DONE]` left out.
+pub fn sse_json(body: &[u8]) -> Vec<Value> {
+    sse_data(body).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap_or(Value::Null)).collect()
 }

@@ -1,0 +1,659 @@
+//! `POST /functions/v1/chat-completion`, `POST /v1/chat/completions`, `GET /v1/models`.
+//!
+//! parse -> authenticate -> choose provider -> persist the user message (and a pending assistant
+//! row) -> call the provider with timeouts, retries and fallbacks -> stream OpenAI-format chunks
+//! -> persist the assistant message and one `api_usage` row per provider call. The logic lives in
+//! `shared::{chat, providers, sse, pricing, retry}`; this crate does the I/O.
+
+mod store;
+
+use futures::SinkExt;
+use serde_json::{json, Value};
+use shared::chat::{self, CallFailure, ChatRequest, Dialect, ProviderConfig, Resilience};
+use shared::outbound::{self, SendError, Timeouts};
+use shared::pricing::PriceTable;
+use shared::providers::{self, Provider, StreamItem, StreamTranslator, Usage};
+use shared::spin::{require_user, variable, Incoming};
+use shared::sse;
+use shared::ApiError;
+use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
+use spin_sdk::http_component;
+use std::pin::Pin;
+use std::time::Duration;
+use store::{Attempt, Persisted};
+
+/// Largest upstream error body read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest non-streaming upstream body read.
+const MAX_COMPLETION_BODY: usize = 16 << 20;
+
+#[http_component]
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let header =
+        |name: &str| req.headers().get(name).into_iter().next().map(|v| String::from_utf8_lossy(&v).into_owned());
+    let origin = header("origin");
+    let matched = header("spin-matched-route").unwrap_or_default();
+    let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
+    let byo_key = header("x-provider-api-key");
+    let method = req.method();
+    let incoming = Incoming {
+        method: method.clone(),
+        path_info: path_info.clone(),
+        query: String::new(),
+        origin: origin.clone(),
+        authorization: header("authorization"),
+        body: Vec::new(),
+    };
+    let mut responder = Responder { out: Some(out), origin };
+    if method == Method::Options {
+        responder.send(204, &[], Vec::new()).await;
+        return;
+    }
+    let openai_route = matched.starts_with("/v1");
+    let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
+        (true, "/models", Method::Get) => list_models(&incoming).await.map(|v| Some((200, v))),
+        (true, "/chat/completions", Method::Post) => {
+            chat_route(req, incoming, Dialect::OpenAi, byo_key.as_deref(), &mut responder).await
+        }
+        (false, "" | "/", Method::Post) => {
+            chat_route(req, incoming, Dialect::Native, byo_key.as_deref(), &mut responder).await
+        }
+        (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        (true, "/chat/completions", _) | (false, "" | "/", _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
+        _ => Err(ApiError::not_found("route")),
+    };
+    match result {
+        Ok(Some((status, body))) => responder.json(status, &body, &[]).await,
+        Ok(None) => {}
+        Err(e) => responder.error(&e).await,
+    }
+}
+
+/// The response side: sends once, with CORS on everything.
+struct Responder {
+    out: Option<ResponseOutparam>,
+    origin: Option<String>,
+}
+
+type BodySink = Pin<Box<dyn futures::Sink<Vec<u8>, Error = outbound::StreamError>>>;
+
+impl Responder {
+    fn start(&mut self, status: u16, headers: &[(&str, String)]) -> Option<BodySink> {
+        let out = self.out.take()?;
+        let mut list: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        for (n, v) in shared::cors::headers(self.origin.as_deref()) {
+            list.push((n.to_owned(), v.into_bytes()));
+        }
+        let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
+        let response = OutgoingResponse::new(fields);
+        let _ = response.set_status_code(status);
+        let body: BodySink = Box::pin(response.take_body());
+        out.set(response);
+        Some(body)
+    }
+
+    async fn send(&mut self, status: u16, headers: &[(&str, String)], body: Vec<u8>) {
+        if let Some(mut sink) = self.start(status, headers) {
+            if !body.is_empty() {
+                let _ = sink.send(body).await;
+            }
+        }
+    }
+
+    async fn json(&mut self, status: u16, v: &Value, extra: &[(&str, String)]) {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        headers.extend(extra.iter().cloned());
+        self.send(status, &headers, v.to_string().into_bytes()).await
+    }
+
+    async fn error(&mut self, e: &ApiError) {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        for (n, v) in &e.headers {
+            headers.push((n.as_str(), v.clone()));
+        }
+        self.send(e.status, &headers, e.body()).await
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    variable(name)
+}
+
+async fn read_body(req: IncomingRequest, max: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = std::pin::pin!(req.into_body_stream());
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::bad_request("body_read_failed", "the request body could not be read"))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::payload_too_large(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn list_models(incoming: &Incoming) -> Result<Value, ApiError> {
+    require_user(incoming)?;
+    let mut data: Vec<Value> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for provider in [Provider::OpenAi, Provider::Anthropic, Provider::Mistral, Provider::OpenAiCompatible] {
+        let Ok(config) = chat::provider_config(provider, &var, None) else { continue };
+        if provider == Provider::OpenAiCompatible && var("compatible_base_url").is_none() {
+            continue;
+        }
+        let mut ids: Vec<String> = shared::pricing::DEFAULT_PRICES
+            .iter()
+            .map(|(m, _)| (*m).to_owned())
+            .filter(|m| chat::infer_provider(m) == Some(provider))
+            .collect();
+        if !config.default_model.is_empty() {
+            ids.insert(0, config.default_model.clone());
+        }
+        for id in ids {
+            if seen.insert(id.clone()) {
+                data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": provider.name()}));
+            }
+        }
+    }
+    Ok(json!({"object": "list", "data": data}))
+}
+
+/// One provider to try, with the model it is asked for.
+struct Target {
+    config: ProviderConfig,
+    model: String,
+}
+
+fn targets(req: &ChatRequest, byo_key: Option<&str>) -> Result<Vec<Target>, ApiError> {
+    let primary = chat::choose_provider(req, &var)?;
+    let config = chat::provider_config(primary, &var, byo_key)?;
+    let model = req.model.clone().unwrap_or_else(|| config.default_model.clone());
+    if model.is_empty() {
+        return Err(ApiError::bad_request(
+            "model_required",
+            format!("name a model, or set '{}_default_model'", chat::variable_prefix(primary)),
+        ));
+    }
+    let mut out = vec![Target { config, model }];
+    // A caller's own key pays for their provider only: no fallback onto ours.
+    if byo_key.is_none() {
+        for p in chat::fallback_providers(primary, &var) {
+            if let Ok(config) = chat::provider_config(p, &var, None) {
+                if !config.default_model.is_empty() {
+                    let model = config.default_model.clone();
+                    out.push(Target { config, model });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn ms_since(start_ns: u64) -> i64 {
+    (outbound::now_ns().saturating_sub(start_ns) / 1_000_000) as i64
+}
+
+/// A rough token count for calls cut off before the provider reported usage.
+fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(4) as u64
+}
+
+async fn chat_route(
+    req: IncomingRequest,
+    mut incoming: Incoming,
+    dialect: Dialect,
+    byo_key: Option<&str>,
+    responder: &mut Responder,
+) -> Result<Option<(u16, Value)>, ApiError> {
+    let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(chat::DEFAULT_MAX_BODY_BYTES);
+    incoming.body = read_body(req, max_body).await?;
+    let (user_id, principal) = require_user(&incoming)?;
+    let request = match dialect {
+        Dialect::Native => chat::parse_native(&incoming.body, max_body)?,
+        Dialect::OpenAi => chat::parse_openai(&incoming.body, max_body)?,
+    };
+    let targets = targets(&request, byo_key)?;
+    let prices = PriceTable::with_overrides(var("model_prices").as_deref())
+        .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;
+    let resilience = Resilience::from_variables(&var);
+    let context_len = var("chat_context_messages")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(chat::DEFAULT_CONTEXT_MESSAGES)
+        .min(200);
+
+    // The user's message is durable before any provider is asked.
+    let (persisted, system_prompt, history) = if request.persist {
+        let first = &targets[0];
+        let (p, sp, h) = store::begin_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
+        (Some(p), sp, h)
+    } else {
+        (None, request.system_prompt.clone(), Vec::new())
+    };
+    let messages = chat::context_messages(&request, system_prompt.as_deref(), &history);
+    let prompt_chars: usize = messages.iter().map(|m| m["content"].to_string().len()).sum();
+
+    let mut call = Call {
+        user_id,
+        principal,
+        persisted,
+        prices,
+        started_ns: outbound::now_ns(),
+        deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
+        attempts: Vec::new(),
+        prompt_chars,
+    };
+
+    let connected = connect(&mut call, &request, &targets, &messages, &resilience).await;
+    let (target, response) = match connected {
+        Ok(v) => v,
+        Err((provider, failure)) => {
+            let error = failure.to_api_error(provider);
+            call.finish(Outcome {
+                status: "error",
+                text: String::new(),
+                tool_calls: Vec::new(),
+                provider,
+                model: targets[0].model.clone(),
+                usage: None,
+                error: Some(error.message.clone()),
+                ttft_ms: None,
+            });
+            return Err(call.label_error(error));
+        }
+    };
+    if request.stream {
+        stream_reply(&mut call, target, response, responder).await;
+        Ok(None)
+    } else {
+        whole_reply(&mut call, target, response).await.map(Some)
+    }
+}
+
+/// One request's bookkeeping across attempts.
+struct Call {
+    user_id: String,
+    principal: shared::auth::Principal,
+    persisted: Option<Persisted>,
+    prices: PriceTable,
+    started_ns: u64,
+    deadline_ns: u64,
+    attempts: Vec<Attempt>,
+    prompt_chars: usize,
+}
+
+/// How the exchange ended.
+struct Outcome {
+    status: &'static str,
+    text: String,
+    tool_calls: Vec<Value>,
+    provider: Provider,
+    model: String,
+    usage: Option<Usage>,
+    error: Option<String>,
+    ttft_ms: Option<i64>,
+}
+
+impl Call {
+    fn remaining(&self) -> Duration {
+        Duration::from_nanos(self.deadline_ns.saturating_sub(outbound::now_ns()))
+    }
+
+    fn record_failure(&mut self, target: &Target, attempt_start: u64, failure: &CallFailure) {
+        self.attempts.push(Attempt {
+            provider: target.config.provider.name(),
+            model: target.model.clone(),
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: ms_since(attempt_start),
+            status: failure.usage_status(),
+        });
+    }
+
+    fn cost(&self, model: &str, usage: Usage) -> f64 {
+        self.prices.cost_usd(model, usage)
+    }
+
+    /// Persists the assistant message and the usage rows; a failure here is logged (the client
+    /// already has the answer) and leaves the pending row for inspection.
+    fn finish(&mut self, outcome: Outcome) -> (Usage, f64, bool) {
+        let estimated = outcome.usage.is_none() && (outcome.status != "error" || !outcome.text.is_empty());
+        let usage = outcome.usage.unwrap_or_else(|| {
+            if estimated {
+                Usage {
+                    prompt_tokens: estimate_tokens(self.prompt_chars),
+                    completion_tokens: estimate_tokens(outcome.text.len()),
+                    cached_tokens: 0,
+                }
+            } else {
+                Usage::default()
+            }
+        });
+        let cost = self.cost(&outcome.model, usage);
+        let latency = ms_since(self.started_ns);
+        let failed_attempts = self.attempts.len();
+        // The call that produced the answer (the last attempt) is recorded with its usage.
+        if outcome.status != "error" || !outcome.text.is_empty() || outcome.usage.is_some() {
+            self.attempts.push(Attempt {
+                provider: outcome.provider.name(),
+                model: outcome.model.clone(),
+                usage,
+                cost_usd: cost,
+                latency_ms: latency,
+                status: outcome.status.to_owned(),
+            });
+        }
+        let mut metadata = json!({});
+        if let Some(e) = &outcome.error {
+            metadata["error"] = json!(e);
+        }
+        if let Some(t) = outcome.ttft_ms {
+            metadata["ttft_ms"] = json!(t);
+        }
+        if estimated {
+            metadata["usage_estimated"] = json!(true);
+        }
+        if failed_attempts > 0 {
+            metadata["failed_attempts"] = json!(failed_attempts);
+        }
+        let result = store::finish_exchange(
+            &self.principal,
+            &self.user_id,
+            self.persisted.as_ref(),
+            &store::Assistant {
+                content: &outcome.text,
+                status: outcome.status,
+                provider: outcome.provider.name(),
+                model: &outcome.model,
+                usage,
+                cost_usd: cost,
+                latency_ms: latency,
+                tool_calls: &outcome.tool_calls,
+                metadata,
+            },
+            &self.attempts,
+        );
+        if let Err(e) = &result {
+            eprintln!("chat-completion: could not persist the outcome: {e}");
+        }
+        (usage, cost, estimated)
+    }
+
+    /// Names the stored conversation and message in an error, so the client can retry.
+    fn label_error(&self, e: ApiError) -> ApiError {
+        match &self.persisted {
+            Some(p) => e
+                .with_detail("conversation_id", &p.conversation_id)
+                .with_detail("user_message_id", &p.user_message_id)
+                .with_detail("assistant_message_id", &p.assistant_message_id),
+            None => e,
+        }
+    }
+
+    fn extension(&self, cost: f64, estimated: bool, provider: Provider) -> Value {
+        let mut v = json!({"cost_usd": cost, "provider": provider.name(), "usage_estimated": estimated});
+        if let Some(p) = &self.persisted {
+            v["conversation_id"] = json!(p.conversation_id);
+            v["user_message_id"] = json!(p.user_message_id);
+            v["assistant_message_id"] = json!(p.assistant_message_id);
+        }
+        v
+    }
+}
+
+/// Tries each target with retries until one answers 2xx. On failure returns the provider whose
+/// failure the client should hear about.
+async fn connect<'t>(
+    call: &mut Call,
+    request: &ChatRequest,
+    targets: &'t [Target],
+    messages: &[Value],
+    resilience: &Resilience,
+) -> Result<(&'t Target, outbound::Response), (Provider, CallFailure)> {
+    let mut last: Option<(Provider, CallFailure)> = None;
+    'targets: for target in targets {
+        let body = chat::openai_body(request, &target.model, messages.to_vec());
+        let upstream = providers::upstream_request(
+            target.config.provider,
+            &target.config.base_url,
+            &target.config.api_key,
+            &body,
+            request.stream,
+        );
+        let payload = upstream.body.to_string().into_bytes();
+        for attempt in 0..resilience.retry.max_attempts {
+            let remaining = call.remaining();
+            if remaining.is_zero() {
+                last = Some((target.config.provider, CallFailure::Timeout("the total deadline passed".into())));
+                break 'targets;
+            }
+            let timeouts = Timeouts {
+                connect: resilience.connect_timeout.min(remaining),
+                first_byte: resilience.first_byte_timeout.min(remaining),
+                between_bytes: resilience.idle_timeout.min(remaining),
+            };
+            let attempt_start = outbound::now_ns();
+            let failure = match outbound::post(&upstream.url, &upstream.headers, &payload, timeouts).await {
+                Ok(response) if (200..300).contains(&response.status) => return Ok((target, response)),
+                Ok(mut response) => {
+                    let body = response.read_to_end(MAX_ERROR_BODY).await.unwrap_or_default();
+                    let retry_after = shared::retry::parse_retry_after(
+                        response.header("retry-after"),
+                        response.header("retry-after-ms"),
+                    );
+                    CallFailure::Status {
+                        status: response.status,
+                        message: chat::upstream_error_message(&body),
+                        retry_after,
+                    }
+                }
+                Err(SendError::Connect(m)) => CallFailure::Connect(m),
+                Err(SendError::Timeout(m)) => CallFailure::Timeout(m),
+                Err(SendError::Denied(m)) => CallFailure::Denied(m),
+                Err(SendError::Other(m)) => CallFailure::Other(m),
+            };
+            call.record_failure(target, attempt_start, &failure);
+            eprintln!(
+                "chat-completion: {} attempt {} failed: {}",
+                target.config.provider.name(),
+                attempt + 1,
+                failure.usage_status()
+            );
+            let retryable = failure.retryable();
+            let retry_after = match &failure {
+                CallFailure::Status { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            last = Some((target.config.provider, failure));
+            if !retryable {
+                break 'targets;
+            }
+            if !resilience.retry.should_retry(attempt) {
+                continue 'targets;
+            }
+            let wait = resilience.retry.delay(attempt, retry_after, outbound::random_unit());
+            if wait >= call.remaining() {
+                // The server asks for longer than we have: the next provider, if any, instead.
+                continue 'targets;
+            }
+            outbound::sleep(wait).await;
+        }
+    }
+    Err(last.unwrap_or((
+        targets.first().map(|t| t.config.provider).unwrap_or(Provider::OpenAi),
+        CallFailure::Other("no provider to call".into()),
+    )))
+}
+
+async fn whole_reply(
+    call: &mut Call,
+    target: &Target,
+    mut response: outbound::Response,
+) -> Result<(u16, Value), ApiError> {
+    let provider = target.config.provider;
+    let body = match response.read_to_end(MAX_COMPLETION_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            let error = CallFailure::Timeout(e).to_api_error(provider);
+            call.finish(Outcome {
+                status: "error",
+                text: String::new(),
+                tool_calls: Vec::new(),
+                provider,
+                model: target.model.clone(),
+                usage: None,
+                error: Some(error.message.clone()),
+                ttft_ms: None,
+            });
+            return Err(call.label_error(error));
+        }
+    };
+    drop(response);
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match providers::completion(provider, &parsed, now_unix()) {
+        Ok((mut completion, usage)) => {
+            let message = &completion["choices"][0]["message"];
+            let text = message["content"].as_str().unwrap_or_default().to_owned();
+            let tool_calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
+            let model = completion["model"].as_str().unwrap_or(&target.model).to_owned();
+            let ttft = ms_since(call.started_ns);
+            let (_, cost, estimated) = call.finish(Outcome {
+                status: "complete",
+                text,
+                tool_calls,
+                provider,
+                model,
+                usage: Some(usage),
+                error: None,
+                ttft_ms: Some(ttft),
+            });
+            completion["chatedge"] = call.extension(cost, estimated, provider);
+            Ok((200, completion))
+        }
+        Err(e) => {
+            let error = ApiError::new(502, "provider_error", format!("{}: {}", provider.name(), e.message))
+                .with_detail("provider", provider.name());
+            call.finish(Outcome {
+                status: "error",
+                text: String::new(),
+                tool_calls: Vec::new(),
+                provider,
+                model: target.model.clone(),
+                usage: None,
+                error: Some(error.message.clone()),
+                ttft_ms: None,
+            });
+            Err(call.label_error(error))
+        }
+    }
+}
+
+/// Why the stream stopped.
+enum StreamEnd {
+    Done,
+    ClientGone,
+    UpstreamError(providers::UpstreamError),
+    Cut(String),
+}
+
+async fn stream_reply(call: &mut Call, target: &Target, mut response: outbound::Response, responder: &mut Responder) {
+    let provider = target.config.provider;
+    let mut headers = vec![
+        ("content-type", "text/event-stream; charset=utf-8".to_owned()),
+        ("cache-control", "no-cache".to_owned()),
+        ("x-accel-buffering", "no".to_owned()),
+        ("x-chatedge-provider", provider.name().to_owned()),
+    ];
+    if let Some(p) = &call.persisted {
+        headers.push(("x-chatedge-conversation-id", p.conversation_id.clone()));
+        headers.push(("x-chatedge-user-message-id", p.user_message_id.clone()));
+        headers.push(("x-chatedge-message-id", p.assistant_message_id.clone()));
+    }
+    let Some(mut sink) = responder.start(200, &headers) else { return };
+    let id = format!("chatcmpl-{}", outbound::random_id());
+    let mut translator = StreamTranslator::new(provider, id, target.model.clone(), now_unix());
+    let mut parser = sse::Parser::new();
+    let mut ttft: Option<i64> = None;
+    let end = 'read: loop {
+        if call.remaining().is_zero() {
+            break StreamEnd::Cut("the total deadline passed".into());
+        }
+        let chunk = match response.chunk().await {
+            None => {
+                // Some servers close without a terminator once the finish reason is out.
+                if translator.finish_reason.is_some() {
+                    break StreamEnd::Done;
+                }
+                break StreamEnd::Cut("the provider closed the stream early".into());
+            }
+            Some(Err(e)) => break StreamEnd::Cut(format!("the provider stream failed: {e}")),
+            Some(Ok(c)) => c,
+        };
+        let events = match parser.feed(&chunk) {
+            Ok(ev) => ev,
+            Err(e) => break StreamEnd::Cut(format!("malformed event stream: {e}")),
+        };
+        for event in events {
+            for item in translator.event(event.event.as_deref(), &event.data) {
+                match item {
+                    StreamItem::Chunk(v) => {
+                        if ttft.is_none() {
+                            ttft = Some(ms_since(call.started_ns));
+                        }
+                        if sink.send(sse::data_event(&v.to_string())).await.is_err() {
+                            break 'read StreamEnd::ClientGone;
+                        }
+                    }
+                    StreamItem::Error(e) => break 'read StreamEnd::UpstreamError(e),
+                    StreamItem::Done => break 'read StreamEnd::Done,
+                }
+            }
+        }
+    };
+    // Closes the upstream connection whatever happened (a disconnected client stops the spend).
+    drop(response);
+    let (status, error) = match &end {
+        StreamEnd::Done => ("complete", None),
+        StreamEnd::ClientGone => ("incomplete", Some("the client disconnected".to_owned())),
+        StreamEnd::UpstreamError(e) => ("error", Some(e.message.clone())),
+        StreamEnd::Cut(m) => ("incomplete", Some(m.clone())),
+    };
+    let (usage, cost, estimated) = call.finish(Outcome {
+        status,
+        text: translator.text.clone(),
+        tool_calls: translator.tool_calls.clone(),
+        provider,
+        model: translator.model.clone(),
+        usage: translator.usage,
+        error,
+        ttft_ms: ttft,
+    });
+    if matches!(end, StreamEnd::ClientGone) {
+        return;
+    }
+    let mut tail = Vec::new();
+    match &end {
+        StreamEnd::UpstreamError(e) => {
+            tail.extend(sse::data_event(&e.to_json().to_string()));
+        }
+        StreamEnd::Cut(m) => {
+            let code =
+                if m.contains("deadline") || m.contains("imeout") { "provider_timeout" } else { "provider_stream_cut" };
+            let message = format!("{} stream interrupted: {m}", provider.name());
+            tail.extend(sse::data_event(&chat::stream_error_event(&message, "server_error", code).to_string()));
+        }
+        StreamEnd::Done | StreamEnd::ClientGone => {}
+    }
+    let mut final_chunk = translator.usage_chunk();
+    final_chunk["usage"] = usage.to_json();
+    final_chunk["chatedge"] = call.extension(cost, estimated, provider);
+    tail.extend(sse::data_event(&final_chunk.to_string()));
+    tail.extend_from_slice(sse::DONE);
+    let _ = sink.send(tail).await;
+}

@@ -1,0 +1,229 @@
+//! What the chat path writes: the conversation, the user message and a pending assistant row
+//! before the provider is called (one transaction, as the caller under RLS), then the assistant
+//! message and the `api_usage` rows after (one transaction; usage as `service_role`).
+
+use serde_json::{json, Value};
+use shared::auth::Principal;
+use shared::chat::{self, ChatRequest, StoredMessage};
+use shared::providers::{Provider, Usage};
+use shared::spin::RlsTransaction;
+use shared::ApiError;
+use spin_sdk::pg4::ParameterValue;
+
+/// The rows an exchange lives in.
+pub struct Persisted {
+    /// Conversation (created when the request named none).
+    pub conversation_id: String,
+    /// The stored user message.
+    pub user_message_id: String,
+    /// The assistant row, `pending` until the call ends.
+    pub assistant_message_id: String,
+}
+
+/// One provider call for `api_usage`.
+pub struct Attempt {
+    /// Provider name.
+    pub provider: &'static str,
+    /// Model asked for or reported.
+    pub model: String,
+    /// Tokens.
+    pub usage: Usage,
+    /// USD.
+    pub cost_usd: f64,
+    /// Duration of the call.
+    pub latency_ms: i64,
+    /// `complete`, `incomplete`, `error`, `http_429`, `timeout`, ...
+    pub status: String,
+}
+
+/// The assistant message as it ended.
+pub struct Assistant<'a> {
+    /// Text (partial when the call was cut).
+    pub content: &'a str,
+    /// `complete`, `incomplete` or `error`.
+    pub status: &'a str,
+    /// Provider name.
+    pub provider: &'a str,
+    /// Model.
+    pub model: &'a str,
+    /// Tokens.
+    pub usage: Usage,
+    /// USD.
+    pub cost_usd: f64,
+    /// From the request's start to the end of the answer.
+    pub latency_ms: i64,
+    /// OpenAI-shaped tool calls.
+    pub tool_calls: &'a [Value],
+    /// Error, time to first token, estimation flags.
+    pub metadata: Value,
+}
+
+fn uuid(s: &str) -> ParameterValue {
+    ParameterValue::Uuid(s.to_owned())
+}
+
+fn opt_text(s: Option<&str>) -> ParameterValue {
+    s.map(|s| ParameterValue::Str(s.to_owned())).unwrap_or(ParameterValue::DbNull)
+}
+
+fn field(v: &Value, key: &str) -> Result<String, ApiError> {
+    v[key].as_str().map(str::to_owned).ok_or_else(|| ApiError::internal(format!("database returned no {key}")))
+}
+
+const HISTORY: &str = "coalesce((select json_agg(json_build_object('role', h.role, 'content', h.content, \
+     'tool_calls', h.tool_calls) order by h.created_at, h.id) \
+     from (select m.role, m.content, m.tool_calls, m.created_at, m.id from public.messages m \
+           where m.conversation_id = c.id and m.role in ('user', 'assistant') \
+             and m.status in ('complete', 'incomplete') and (m.content <> '' or m.tool_calls is not null) \
+           order by m.created_at desc, m.id desc limit $2) h), '[]'::json)";
+
+/// Opens or creates the conversation, reads its system prompt and last `context_len` messages,
+/// and stores the user message plus a pending assistant row. Returns the rows and the context.
+pub fn begin_exchange(
+    principal: &Principal,
+    request: &ChatRequest,
+    provider: Provider,
+    model: &str,
+    context_len: usize,
+) -> Result<(Persisted, Option<String>, Vec<StoredMessage>), ApiError> {
+    let mut tx = RlsTransaction::begin(principal)?;
+    let conversation = match &request.conversation_id {
+        // Under RLS another user's conversation is simply absent: the same 404 as a missing one.
+        Some(id) => tx
+            .query_json(
+                &format!(
+                    "select json_build_object('id', c.id, 'system_prompt', c.system_prompt, 'history', {HISTORY})::text \
+                     from public.conversations c where c.id = $1"
+                ),
+                &[uuid(id), ParameterValue::Int64(context_len as i64)],
+            )?
+            .ok_or_else(|| ApiError::not_found("conversation"))?,
+        None => tx
+            .query_json(
+                "insert into public.conversations (user_id, title, provider, model, temperature, max_tokens, system_prompt) \
+                 values (auth.uid(), $1, $2, $3, $4, $5, $6) \
+                 returning json_build_object('id', id, 'system_prompt', system_prompt, 'history', '[]'::json)::text",
+                &[
+                    ParameterValue::Str(chat::title_from(&request.user_text)),
+                    ParameterValue::Str(provider.name().to_owned()),
+                    ParameterValue::Str(model.to_owned()),
+                    request.temperature.map(ParameterValue::Floating64).unwrap_or(ParameterValue::DbNull),
+                    request.max_tokens.map(|n| ParameterValue::Int32(n.min(i32::MAX as u64) as i32)).unwrap_or(ParameterValue::DbNull),
+                    opt_text(request.system_prompt.as_deref()),
+                ],
+            )?
+            .ok_or_else(|| ApiError::internal("conversation insert returned nothing"))?,
+    };
+    let conversation: Value = serde_json::from_str(&conversation)
+        .map_err(|e| ApiError::internal(format!("database returned bad JSON: {e}")))?;
+    let conversation_id = field(&conversation, "id")?;
+    let system_prompt =
+        request.system_prompt.clone().or_else(|| conversation["system_prompt"].as_str().map(str::to_owned));
+    let history = conversation["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| StoredMessage {
+            role: m["role"].as_str().unwrap_or("user").to_owned(),
+            content: m["content"].as_str().unwrap_or_default().to_owned(),
+            tool_calls: Some(m["tool_calls"].clone()).filter(|t| !t.is_null()),
+        })
+        .collect();
+    // clock_timestamp(): both rows are in one transaction, where now() would tie them.
+    let ids = tx
+        .query_json(
+            "with u as (insert into public.messages (conversation_id, user_id, role, content, created_at) \
+                        values ($1, auth.uid(), 'user', $2, clock_timestamp()) returning id), \
+                  a as (insert into public.messages (conversation_id, user_id, role, content, status, provider, model, created_at) \
+                        values ($1, auth.uid(), 'assistant', '', 'pending', $3, $4, clock_timestamp() + interval '1 microsecond') returning id), \
+                  t as (update public.conversations set updated_at = now() where id = $1 returning id) \
+             select json_build_object('user_message_id', (select id from u), 'assistant_message_id', (select id from a))::text",
+            &[
+                uuid(&conversation_id),
+                ParameterValue::Str(request.user_text.clone()),
+                ParameterValue::Str(provider.name().to_owned()),
+                ParameterValue::Str(model.to_owned()),
+            ],
+        )?
+        .ok_or_else(|| ApiError::internal("message insert returned nothing"))?;
+    let ids: Value =
+        serde_json::from_str(&ids).map_err(|e| ApiError::internal(format!("database returned bad JSON: {e}")))?;
+    let persisted = Persisted {
+        conversation_id,
+        user_message_id: field(&ids, "user_message_id")?,
+        assistant_message_id: field(&ids, "assistant_message_id")?,
+    };
+    tx.commit()?;
+    Ok((persisted, system_prompt, history))
+}
+
+fn cost_text(usd: f64) -> ParameterValue {
+    ParameterValue::Str(format!("{:.8}", usd.max(0.0)))
+}
+
+/// Writes the assistant message's final state and the usage rows (in attempt order) in one
+/// transaction.
+pub fn finish_exchange(
+    principal: &Principal,
+    user_id: &str,
+    persisted: Option<&Persisted>,
+    assistant: &Assistant<'_>,
+    attempts: &[Attempt],
+) -> Result<(), ApiError> {
+    let mut tx = RlsTransaction::begin(principal)?;
+    if let Some(p) = persisted {
+        let tool_calls = if assistant.tool_calls.is_empty() {
+            ParameterValue::DbNull
+        } else {
+            ParameterValue::Str(Value::Array(assistant.tool_calls.to_vec()).to_string())
+        };
+        tx.execute(
+            "update public.messages set content = $2, status = $3, provider = $4, model = $5, prompt_tokens = $6, \
+             completion_tokens = $7, cost_usd = $8::numeric, latency_ms = $9, tool_calls = $10::jsonb, \
+             metadata = $11::jsonb where id = $1",
+            &[
+                uuid(&p.assistant_message_id),
+                ParameterValue::Str(assistant.content.to_owned()),
+                ParameterValue::Str(assistant.status.to_owned()),
+                ParameterValue::Str(assistant.provider.to_owned()),
+                ParameterValue::Str(assistant.model.to_owned()),
+                ParameterValue::Int32(assistant.usage.prompt_tokens.min(i32::MAX as u64) as i32),
+                ParameterValue::Int32(assistant.usage.completion_tokens.min(i32::MAX as u64) as i32),
+                cost_text(assistant.cost_usd),
+                ParameterValue::Int32(assistant.latency_ms.clamp(0, i32::MAX as i64) as i32),
+                tool_calls,
+                ParameterValue::Str(assistant.metadata.to_string()),
+            ],
+        )?;
+    }
+    if !attempts.is_empty() {
+        let rows: Vec<Value> = attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "provider": a.provider, "model": a.model,
+                    "prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens,
+                    "cached_tokens": a.usage.cached_tokens, "cost_usd": format!("{:.8}", a.cost_usd.max(0.0)),
+                    "latency_ms": a.latency_ms.max(0), "status": a.status,
+                })
+            })
+            .collect();
+        tx.become_service_role()?;
+        tx.execute(
+            "insert into public.api_usage (user_id, conversation_id, message_id, provider, model, prompt_tokens, \
+               completion_tokens, cached_tokens, cost_usd, latency_ms, status, created_at) \
+             select $1::uuid, $2::uuid, $3::uuid, r.provider, r.model, r.prompt_tokens, r.completion_tokens, \
+               r.cached_tokens, r.cost_usd, r.latency_ms, r.status, now() + (n - 1) * interval '1 microsecond' \
+             from jsonb_array_elements($4::jsonb) with ordinality as e(row, n), \
+               jsonb_to_record(e.row) as r(provider text, model text, prompt_tokens int, \
+               completion_tokens int, cached_tokens int, cost_usd numeric, latency_ms int, status text)",
+            &[
+                ParameterValue::Str(user_id.to_owned()),
+                opt_text(persisted.map(|p| p.conversation_id.as_str())),
+                opt_text(persisted.map(|p| p.assistant_message_id.as_str())),
+                ParameterValue::Str(Value::Array(rows).to_string()),
+            ],
+        )?;
+    }
+    tx.commit()
+}

@@ -1,0 +1,808 @@
+//! The chat-completion request in pure form: parsing and validating the native and the
+//! OpenAI-compatible bodies, choosing the provider and its settings from variables, building the
+//! upstream context, and mapping upstream failures to the error envelope.
+
+use crate::error::ApiError;
+use crate::providers::Provider;
+use crate::retry::RetryPolicy;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// Longest single message text accepted (characters).
+pub const MAX_MESSAGE_CHARS: usize = 100_000;
+/// Most messages a client may send in one `messages` array.
+pub const MAX_MESSAGES: usize = 500;
+/// Default number of stored messages sent as context.
+pub const DEFAULT_CONTEXT_MESSAGES: usize = 10;
+/// Largest request body the chat routes read, unless `chat_max_body_bytes` says otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Which route the request came in on: it decides defaults (stream) and what is persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `POST /functions/v1/chat-completion`: streams by default, always persisted.
+    Native,
+    /// `POST /v1/chat/completions`: OpenAI's contract; persisted when a conversation is named or
+    /// `store: true` is set.
+    OpenAi,
+}
+
+/// A validated chat request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The route it came in on.
+    pub dialect: Dialect,
+    /// Conversation to continue (lowercase UUID).
+    pub conversation_id: Option<String>,
+    /// Whether messages are written to a conversation (one is created when none is named).
+    pub persist: bool,
+    /// The user text that is stored as the new user message.
+    pub user_text: String,
+    /// The full context when the client sent one (`messages`); `None` means the context is the
+    /// conversation's stored history plus `user_text`.
+    pub client_messages: Option<Vec<Value>>,
+    /// Provider asked for.
+    pub provider: Option<Provider>,
+    /// Model asked for (provider prefix such as `anthropic/` removed).
+    pub model: Option<String>,
+    /// Sampling temperature, 0..=2.
+    pub temperature: Option<f64>,
+    /// Output token cap.
+    pub max_tokens: Option<u64>,
+    /// System prompt for a new conversation, or for this call.
+    pub system_prompt: Option<String>,
+    /// SSE or one JSON body.
+    pub stream: bool,
+    /// OpenAI parameters passed through to the upstream untouched (tools, tool_choice, stop,
+    /// top_p, response_format, seed, ...).
+    pub passthrough: Map<String, Value>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("validation_failed", message)
+}
+
+fn parse_json(body: &[u8], max: usize) -> Result<Map<String, Value>, ApiError> {
+    if body.len() > max {
+        return Err(ApiError::payload_too_large(max));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(invalid("the body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request("invalid_json", format!("request body: {e}"))),
+    }
+}
+
+/// Whether `s` is a UUID in canonical text form.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n")),
+        _ => None,
+    }
+}
+
+fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
+    if messages.is_empty() {
+        return Err(invalid("messages must not be empty"));
+    }
+    if messages.len() > MAX_MESSAGES {
+        return Err(invalid(format!("at most {MAX_MESSAGES} messages")));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let role = m["role"].as_str().unwrap_or_default();
+        if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
+            return Err(invalid(format!("messages[{i}].role must be system, developer, user, assistant or tool")));
+        }
+        let content = &m["content"];
+        let ok = match content {
+            Value::String(s) => s.chars().count() <= MAX_MESSAGE_CHARS,
+            Value::Array(parts) => parts.iter().all(|p| p.is_object() && p["type"].is_string()),
+            Value::Null => role == "assistant" && m["tool_calls"].is_array(),
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid(format!("messages[{i}].content must be a string or an array of content parts")));
+        }
+    }
+    Ok(())
+}
+
+/// Keys of the native body; anything else is refused, so typos do not pass silently.
+const NATIVE_KEYS: &[&str] = &[
+    "conversation_id",
+    "message",
+    "messages",
+    "provider",
+    "model",
+    "temperature",
+    "max_tokens",
+    "system_prompt",
+    "stream",
+    "tools",
+    "tool_choice",
+    "stop",
+    "top_p",
+    "response_format",
+    "seed",
+];
+
+/// Parameters the function sets itself and never passes through from an OpenAI body.
+const OWN_KEYS: &[&str] = &[
+    "conversation_id",
+    "messages",
+    "provider",
+    "model",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "store",
+    "system_prompt",
+    "n",
+];
+
+fn common_fields(m: &Map<String, Value>, req: &mut ChatRequest) -> Result<(), ApiError> {
+    match m.get("conversation_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if is_uuid(s) => req.conversation_id = Some(s.to_ascii_lowercase()),
+        Some(_) => return Err(invalid("conversation_id must be a UUID")),
+    }
+    match m.get("provider") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            req.provider = Some(
+                Provider::parse(s)
+                    .ok_or_else(|| invalid("provider must be one of openai, anthropic, mistral, openai_compatible"))?,
+            )
+        }
+        Some(_) => return Err(invalid("provider must be a string")),
+    }
+    match m.get("model") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 128 => {
+            // `anthropic/claude-...` names the provider too, as LiteLLM and OpenRouter spell it.
+            match s.split_once('/').and_then(|(p, rest)| Provider::parse(p).map(|p| (p, rest))) {
+                Some((p, rest)) if !rest.is_empty() => {
+                    if req.provider.is_some_and(|asked| asked != p) {
+                        return Err(invalid("model names a different provider than provider"));
+                    }
+                    req.provider = Some(p);
+                    req.model = Some(rest.to_owned());
+                }
+                _ => req.model = Some(s.trim().to_owned()),
+            }
+        }
+        Some(_) => return Err(invalid("model must be a non-empty string of at most 128 characters")),
+    }
+    match m.get("temperature") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_f64() {
+            Some(t) if (0.0..=2.0).contains(&t) => req.temperature = Some(t),
+            _ => return Err(invalid("temperature must be a number between 0 and 2")),
+        },
+    }
+    let max = m.get("max_completion_tokens").filter(|v| !v.is_null()).or(m.get("max_tokens"));
+    match max {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=1_000_000).contains(&n) => req.max_tokens = Some(n),
+            _ => return Err(invalid("max_tokens must be an integer between 1 and 1000000")),
+        },
+    }
+    match m.get("system_prompt") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s.chars().count() <= 32_000 => {
+            req.system_prompt = Some(s.clone()).filter(|s| !s.trim().is_empty())
+        }
+        Some(_) => return Err(invalid("system_prompt must be a string of at most 32000 characters")),
+    }
+    match m.get("stream") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => req.stream = *b,
+        Some(_) => return Err(invalid("stream must be a boolean")),
+    }
+    Ok(())
+}
+
+fn last_user_text(messages: &[Value]) -> Result<String, ApiError> {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| text_of(&m["content"]))
+        .ok_or_else(|| invalid("messages must contain a user message"))
+}
+
+/// Parses the body of `POST /functions/v1/chat-completion`.
+pub fn parse_native(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiError> {
+    let m = parse_json(body, max_body)?;
+    if let Some(k) = m.keys().find(|k| !NATIVE_KEYS.contains(&k.as_str())) {
+        return Err(invalid(format!("unknown field '{k}'")));
+    }
+    let mut req = ChatRequest {
+        dialect: Dialect::Native,
+        conversation_id: None,
+        persist: true,
+        user_text: String::new(),
+        client_messages: None,
+        provider: None,
+        model: None,
+        temperature: None,
+        max_tokens: None,
+        system_prompt: None,
+        stream: true,
+        passthrough: Map::new(),
+    };
+    common_fields(&m, &mut req)?;
+    match (m.get("message"), m.get("messages")) {
+        (Some(Value::String(s)), None) => {
+            if s.trim().is_empty() {
+                return Err(invalid("message must not be empty"));
+            }
+            if s.chars().count() > MAX_MESSAGE_CHARS {
+                return Err(invalid(format!("message must be at most {MAX_MESSAGE_CHARS} characters")));
+            }
+            req.user_text = s.clone();
+        }
+        (None, Some(Value::Array(list))) => {
+            validate_messages(list)?;
+            req.user_text = last_user_text(list)?;
+            req.client_messages = Some(list.clone());
+        }
+        (Some(_), Some(_)) => return Err(invalid("send either message or messages, not both")),
+        (Some(_), None) => return Err(invalid("message must be a string")),
+        (None, Some(_)) => return Err(invalid("messages must be an array")),
+        (None, None) => return Err(invalid("message is required")),
+    }
+    for k in ["tools", "tool_choice", "stop", "top_p", "response_format", "seed"] {
+        if let Some(v) = m.get(k).filter(|v| !v.is_null()) {
+            req.passthrough.insert(k.to_owned(), v.clone());
+        }
+    }
+    Ok(req)
+}
+
+/// Parses the body of `POST /v1/chat/completions` (OpenAI's contract: `model` and `messages`
+/// required, `stream` false by default). `conversation_id` (via the SDKs' `extra_body`) or
+/// `store: true` persists the exchange.
+pub fn parse_openai(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiError> {
+    let m = parse_json(body, max_body)?;
+    let mut req = ChatRequest {
+        dialect: Dialect::OpenAi,
+        conversation_id: None,
+        persist: false,
+        user_text: String::new(),
+        client_messages: None,
+        provider: None,
+        model: None,
+        temperature: None,
+        max_tokens: None,
+        system_prompt: None,
+        stream: false,
+        passthrough: Map::new(),
+    };
+    common_fields(&m, &mut req)?;
+    if req.model.is_none() {
+        return Err(invalid("model is required"));
+    }
+    if m.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
+        return Err(invalid("only n = 1 is supported"));
+    }
+    let Some(Value::Array(list)) = m.get("messages") else {
+        return Err(invalid("messages must be an array"));
+    };
+    validate_messages(list)?;
+    req.user_text = last_user_text(list)?;
+    req.client_messages = Some(list.clone());
+    req.persist = req.conversation_id.is_some() || m.get("store") == Some(&Value::Bool(true));
+    for (k, v) in &m {
+        if !OWN_KEYS.contains(&k.as_str()) && !v.is_null() {
+            req.passthrough.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(req)
+}
+
+/// The provider a bare model name belongs to, by its well-known prefixes.
+pub fn infer_provider(model: &str) -> Option<Provider> {
+    let m = model.to_ascii_lowercase();
+    if m.starts_with("claude") {
+        Some(Provider::Anthropic)
+    } else if ["mistral", "open-mistral", "open-mixtral", "codestral", "ministral", "pixtral", "magistral", "devstral"]
+        .iter()
+        .any(|p| m.starts_with(p))
+    {
+        Some(Provider::Mistral)
+    } else if ["gpt-", "o1", "o3", "o4", "chatgpt-"].iter().any(|p| m.starts_with(p)) {
+        Some(Provider::OpenAi)
+    } else {
+        None
+    }
+}
+
+/// A new conversation's title: the first line of the first message, at most 80 characters.
+pub fn title_from(text: &str) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("New conversation");
+    let clean: String = line.chars().filter(|c| !c.is_control()).collect();
+    let mut title: String = clean.chars().take(80).collect();
+    if clean.chars().count() > 80 {
+        title.push('…');
+    }
+    if title.trim().is_empty() {
+        "New conversation".to_owned()
+    } else {
+        title
+    }
+}
+
+/// A stored message used as context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// Assistant tool calls, OpenAI-shaped.
+    pub tool_calls: Option<Value>,
+}
+
+/// The OpenAI-format messages sent upstream: the system prompt, then either the client's own
+/// context or the stored history (oldest first) followed by the new user text.
+pub fn context_messages(req: &ChatRequest, system_prompt: Option<&str>, history: &[StoredMessage]) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(list) = &req.client_messages {
+        let has_system = list.iter().any(|m| m["role"] == "system" || m["role"] == "developer");
+        if let Some(sp) = system_prompt.filter(|_| !has_system) {
+            out.push(json!({"role": "system", "content": sp}));
+        }
+        out.extend(list.iter().cloned());
+        return out;
+    }
+    if let Some(sp) = system_prompt {
+        out.push(json!({"role": "system", "content": sp}));
+    }
+    for m in history {
+        let mut v = json!({"role": m.role, "content": m.content});
+        if let Some(tc) = m.tool_calls.as_ref().filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
+            v["tool_calls"] = tc.clone();
+        }
+        out.push(v);
+    }
+    out.push(json!({"role": "user", "content": req.user_text}));
+    out
+}
+
+/// The OpenAI-format request body before provider translation.
+pub fn openai_body(req: &ChatRequest, model: &str, messages: Vec<Value>) -> Value {
+    let mut body = req.passthrough.clone();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(n) = req.max_tokens {
+        body.insert("max_tokens".into(), json!(n));
+    }
+    Value::Object(body)
+}
+
+/// Everything needed to call one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Which API.
+    pub provider: Provider,
+    /// Base URL (`.../v1` for the OpenAI family, the host root for Anthropic).
+    pub base_url: String,
+    /// API key; empty for keyless OpenAI-compatible servers.
+    pub api_key: String,
+    /// Model used when the request names none.
+    pub default_model: String,
+}
+
+/// The variable prefix of a provider's settings (`openai_api_key`, `compatible_base_url`, ...).
+pub fn variable_prefix(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => "openai",
+        Provider::Anthropic => "anthropic",
+        Provider::Mistral => "mistral",
+        Provider::OpenAiCompatible => "compatible",
+    }
+}
+
+fn builtin_default_model(provider: Provider) -> &'static str {
+    match provider {
+        Provider::OpenAi => "gpt-4o-mini",
+        Provider::Anthropic => "claude-sonnet-4-5",
+        Provider::Mistral => "mistral-small-latest",
+        Provider::OpenAiCompatible => "",
+    }
+}
+
+/// Resolves a provider's settings from variables (`var` returns `None` for unset or empty).
+/// A key is required when the base URL is the provider's official one; a base URL pointing
+/// elsewhere (Ollama, vLLM, a proxy) may be keyless. `byo_key` (the `x-provider-api-key`
+/// header) replaces the configured key.
+pub fn provider_config(
+    provider: Provider,
+    var: &dyn Fn(&str) -> Option<String>,
+    byo_key: Option<&str>,
+) -> Result<ProviderConfig, ApiError> {
+    let prefix = variable_prefix(provider);
+    let base_url = var(&format!("{prefix}_base_url")).unwrap_or_else(|| provider.default_base_url().to_owned());
+    let official = base_url.trim_end_matches('/') == provider.default_base_url();
+    let api_key = match byo_key.map(str::trim).filter(|k| !k.is_empty()) {
+        Some(k) => k.to_owned(),
+        None => match var(&format!("{prefix}_api_key")) {
+            Some(k) => k,
+            None if official && provider != Provider::OpenAiCompatible => {
+                let variable = format!("{prefix}_api_key");
+                return Err(ApiError::unavailable(
+                    "provider_not_configured",
+                    format!(
+                        "provider '{}' is not configured: set the variable '{variable}' (SPIN_VARIABLE_{}), \
+                         point '{prefix}_base_url' at an OpenAI-compatible server, or send x-provider-api-key",
+                        provider.name(),
+                        variable.to_ascii_uppercase()
+                    ),
+                )
+                .with_detail("provider", provider.name())
+                .with_detail("variable", variable));
+            }
+            None => String::new(),
+        },
+    };
+    let default_model =
+        var(&format!("{prefix}_default_model")).unwrap_or_else(|| builtin_default_model(provider).to_owned());
+    Ok(ProviderConfig { provider, base_url, api_key, default_model })
+}
+
+/// Picks the provider: asked for, implied by the model, else `default_provider`.
+pub fn choose_provider(req: &ChatRequest, var: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ApiError> {
+    if let Some(p) = req.provider {
+        return Ok(p);
+    }
+    if let Some(p) = req.model.as_deref().and_then(infer_provider) {
+        return Ok(p);
+    }
+    let name = var("default_provider").unwrap_or_else(|| "openai".to_owned());
+    Provider::parse(name.trim())
+        .ok_or_else(|| ApiError::internal(format!("server misconfigured: default_provider '{name}' is unknown")))
+}
+
+/// The fallback providers (`fallback_providers`, comma separated), without `primary`.
+pub fn fallback_providers(primary: Provider, var: &dyn Fn(&str) -> Option<String>) -> Vec<Provider> {
+    let mut out = Vec::new();
+    for name in var("fallback_providers").unwrap_or_default().split(',') {
+        if let Some(p) = Provider::parse(name.trim()) {
+            if p != primary && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Timeouts and retries of provider calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resilience {
+    /// TCP (and TLS) connect, per attempt.
+    pub connect_timeout: Duration,
+    /// From sending to the response head, per attempt.
+    pub first_byte_timeout: Duration,
+    /// Longest silence inside a streaming body.
+    pub idle_timeout: Duration,
+    /// The whole call: attempts, waits and the stream.
+    pub total_timeout: Duration,
+    /// Attempts per provider and backoff.
+    pub retry: RetryPolicy,
+}
+
+impl Resilience {
+    /// From variables (milliseconds): `provider_connect_timeout_ms` (10 s),
+    /// `provider_first_byte_timeout_ms` (60 s), `provider_idle_timeout_ms` (60 s),
+    /// `provider_total_timeout_ms` (300 s), `provider_max_attempts` (3), `provider_retry_base_ms`
+    /// (250).
+    pub fn from_variables(var: &dyn Fn(&str) -> Option<String>) -> Self {
+        let ms = |name: &str, default: u64| {
+            Duration::from_millis(var(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default))
+        };
+        let retry = RetryPolicy {
+            max_attempts: var("provider_max_attempts")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(3)
+                .clamp(1, 10),
+            base: ms("provider_retry_base_ms", 250),
+            max_delay: Duration::from_secs(8),
+        };
+        Resilience {
+            connect_timeout: ms("provider_connect_timeout_ms", 10_000),
+            first_byte_timeout: ms("provider_first_byte_timeout_ms", 60_000),
+            idle_timeout: ms("provider_idle_timeout_ms", 60_000),
+            total_timeout: ms("provider_total_timeout_ms", 300_000),
+            retry,
+        }
+    }
+}
+
+/// Why a provider call failed before a usable response arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallFailure {
+    /// The upstream answered with an error status.
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its error, parsed from the body when possible.
+        message: String,
+        /// Retry-After, when sent.
+        retry_after: Option<Duration>,
+    },
+    /// No connection (refused, DNS, TLS).
+    Connect(String),
+    /// Connect or first byte took too long, or the total deadline passed.
+    Timeout(String),
+    /// The host refused the outbound request (not in `allowed_outbound_hosts`).
+    Denied(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl CallFailure {
+    /// Worth another attempt (same or fallback provider).
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallFailure::Status { status, .. } => crate::retry::is_retryable_status(*status),
+            CallFailure::Connect(_) | CallFailure::Timeout(_) => true,
+            CallFailure::Denied(_) | CallFailure::Other(_) => false,
+        }
+    }
+
+    /// The `api_usage.status` of an attempt that failed this way.
+    pub fn usage_status(&self) -> String {
+        match self {
+            CallFailure::Status { status, .. } => format!("http_{status}"),
+            CallFailure::Connect(_) => "connect_error".into(),
+            CallFailure::Timeout(_) => "timeout".into(),
+            CallFailure::Denied(_) => "denied".into(),
+            CallFailure::Other(_) => "error".into(),
+        }
+    }
+
+    /// What the client is told once no attempt is left.
+    pub fn to_api_error(&self, provider: Provider) -> ApiError {
+        let name = provider.name();
+        let e = match self {
+            CallFailure::Status { status: 429, message, retry_after } => {
+                let secs = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(1).max(1);
+                ApiError::new(429, "provider_rate_limited", format!("{name} is rate limiting requests: {message}"))
+                    .with_header("retry-after", secs.to_string())
+            }
+            CallFailure::Status { status: 400 | 404 | 413 | 422, message, .. } => {
+                ApiError::bad_request("provider_rejected_request", format!("{name} rejected the request: {message}"))
+            }
+            CallFailure::Status { status: 401 | 403, message, .. } => ApiError::new(
+                502,
+                "provider_auth_failed",
+                format!("{name} refused the API key: {message}"),
+            ),
+            CallFailure::Status { status, message, .. } => {
+                ApiError::new(502, "provider_error", format!("{name} failed with HTTP {status}: {message}"))
+            }
+            CallFailure::Connect(m) => ApiError::new(502, "provider_unreachable", format!("{name} is unreachable: {m}")),
+            CallFailure::Timeout(m) => ApiError::new(504, "provider_timeout", format!("{name} timed out: {m}")),
+            CallFailure::Denied(m) => ApiError::internal(format!(
+                "server misconfigured: outbound requests to {name} are not allowed ({m}); check the *_allowed_host variables"
+            )),
+            CallFailure::Other(m) => ApiError::new(502, "provider_error", format!("{name}: {m}")),
+        };
+        let e = e.with_detail("provider", name);
+        match self {
+            CallFailure::Status { status, .. } => e.with_detail("upstream_status", status),
+            _ => e,
+        }
+    }
+}
+
+/// The message of an upstream error body (any provider's shape), or its first bytes.
+pub fn upstream_error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| crate::providers::UpstreamError::from_body(&v))
+        .map(|e| e.message)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned())
+}
+
+/// The OpenAI-shaped error event sent inside a stream that fails after it began.
+pub fn stream_error_event(message: &str, kind: &str, code: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn native_message_defaults_to_streaming_and_persisting() {
+        let r = parse_native(br#"{"message":"hi"}"#, DEFAULT_MAX_BODY_BYTES).unwrap();
+        assert!(r.stream && r.persist);
+        assert_eq!(r.user_text, "hi");
+        assert_eq!(r.client_messages, None);
+        assert_eq!(r.dialect, Dialect::Native);
+    }
+
+    #[test]
+    fn native_validation_refuses_bad_fields() {
+        let cases: &[&[u8]] = &[
+            br#"{}"#,
+            br#"{"message":""}"#,
+            br#"{"message":"  "}"#,
+            br#"{"message":1}"#,
+            br#"{"message":"a","messages":[]}"#,
+            br#"{"messages":[]}"#,
+            br#"{"messages":[{"role":"wizard","content":"x"}]}"#,
+            br#"{"messages":[{"role":"assistant","content":"x"}]}"#,
+            br#"{"message":"a","temperature":3}"#,
+            br#"{"message":"a","max_tokens":0}"#,
+            br#"{"message":"a","provider":"acme"}"#,
+            br#"{"message":"a","conversation_id":"nope"}"#,
+            br#"{"message":"a","stream":"yes"}"#,
+            br#"{"message":"a","modle":"gpt-4o"}"#,
+            br#"{"message":"a","provider":"openai","model":"anthropic/claude-x"}"#,
+            br#"[1]"#,
+        ];
+        for body in cases {
+            let e = parse_native(body, DEFAULT_MAX_BODY_BYTES).unwrap_err();
+            assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(parse_native(b"{", 100).unwrap_err().code, "invalid_json");
+        assert_eq!(parse_native(&[b' '; 101], 100).unwrap_err().status, 413);
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(MAX_MESSAGE_CHARS + 1));
+        assert_eq!(parse_native(long.as_bytes(), 1 << 20).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn model_prefix_names_the_provider() {
+        let r = parse_native(br#"{"message":"a","model":"anthropic/claude-3-5-haiku"}"#, 1 << 20).unwrap();
+        assert_eq!(r.provider, Some(Provider::Anthropic));
+        assert_eq!(r.model.as_deref(), Some("claude-3-5-haiku"));
+        assert_eq!(infer_provider("claude-sonnet-4-5"), Some(Provider::Anthropic));
+        assert_eq!(infer_provider("mistral-small-latest"), Some(Provider::Mistral));
+        assert_eq!(infer_provider("gpt-4o-mini"), Some(Provider::OpenAi));
+        assert_eq!(infer_provider("llama3.2"), None);
+    }
+
+    #[test]
+    fn openai_body_requires_model_and_passes_unknown_parameters_through() {
+        let r = parse_openai(
+            br#"{"model":"gpt-4o","messages":[{"role":"user","content":"q"}],"tools":[{"type":"function"}],
+                 "stream_options":{"include_usage":false},"store":true,"user":"u1","max_completion_tokens":9}"#,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(!r.stream);
+        assert!(r.persist, "store: true persists");
+        assert_eq!(r.max_tokens, Some(9));
+        assert!(r.passthrough.contains_key("tools") && r.passthrough.contains_key("user"));
+        assert!(!r.passthrough.contains_key("stream_options") && !r.passthrough.contains_key("store"));
+        assert_eq!(parse_openai(br#"{"messages":[{"role":"user","content":"q"}]}"#, 1 << 20).unwrap_err().status, 400);
+        let no_store = parse_openai(br#"{"model":"m","messages":[{"role":"user","content":"q"}]}"#, 1 << 20).unwrap();
+        assert!(!no_store.persist);
+    }
+
+    #[test]
+    fn context_is_system_history_then_new_message() {
+        let r = parse_native(br#"{"message":"third"}"#, 1 << 20).unwrap();
+        let history = vec![
+            StoredMessage { role: "user".into(), content: "first".into(), tool_calls: None },
+            StoredMessage { role: "assistant".into(), content: "second".into(), tool_calls: Some(json!([])) },
+        ];
+        let msgs = context_messages(&r, Some("be brief"), &history);
+        assert_eq!(
+            Value::Array(msgs),
+            json!([
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "second"},
+                {"role": "user", "content": "third"},
+            ])
+        );
+    }
+
+    #[test]
+    fn client_context_keeps_its_own_system_message() {
+        let r =
+            parse_native(br#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"u"}]}"#, 1 << 20)
+                .unwrap();
+        let msgs = context_messages(&r, Some("stored"), &[]);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0]["content"], "s");
+        assert_eq!(r.user_text, "u");
+    }
+
+    #[test]
+    fn missing_key_names_the_variable() {
+        let e = provider_config(Provider::OpenAi, &vars(&[]), None).unwrap_err();
+        assert_eq!((e.status, e.code), (503, "provider_not_configured"));
+        assert!(e.message.contains("openai_api_key") && e.message.contains("SPIN_VARIABLE_OPENAI_API_KEY"));
+        let e = provider_config(Provider::Anthropic, &vars(&[]), None).unwrap_err();
+        assert!(e.message.contains("anthropic_api_key"));
+    }
+
+    #[test]
+    fn a_custom_base_url_needs_no_key_and_byo_key_wins() {
+        let c = provider_config(Provider::OpenAi, &vars(&[("openai_base_url", "http://127.0.0.1:11434/v1")]), None)
+            .unwrap();
+        assert_eq!(c.api_key, "");
+        let c = provider_config(Provider::OpenAi, &vars(&[("openai_api_key", "sk-server")]), Some("sk-user")).unwrap();
+        assert_eq!(c.api_key, "sk-user");
+        assert_eq!(c.default_model, "gpt-4o-mini");
+        let c = provider_config(Provider::OpenAiCompatible, &vars(&[]), None).unwrap();
+        assert_eq!(c.base_url, Provider::OpenAiCompatible.default_base_url());
+    }
+
+    #[test]
+    fn provider_choice_order() {
+        let r = parse_native(br#"{"message":"a","model":"claude-haiku-4-5"}"#, 1 << 20).unwrap();
+        assert_eq!(choose_provider(&r, &vars(&[("default_provider", "mistral")])).unwrap(), Provider::Anthropic);
+        let r = parse_native(br#"{"message":"a"}"#, 1 << 20).unwrap();
+        assert_eq!(choose_provider(&r, &vars(&[("default_provider", "mistral")])).unwrap(), Provider::Mistral);
+        assert_eq!(choose_provider(&r, &vars(&[])).unwrap(), Provider::OpenAi);
+        assert_eq!(
+            fallback_providers(Provider::OpenAi, &vars(&[("fallback_providers", "openai, anthropic,bogus,mistral")])),
+            vec![Provider::Anthropic, Provider::Mistral]
+        );
+    }
+
+    #[test]
+    fn failures_map_to_clear_statuses() {
+        let rl = CallFailure::Status {
+            status: 429,
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        let e = rl.to_api_error(Provider::OpenAi);
+        assert_eq!((e.status, e.code), (429, "provider_rate_limited"));
+        assert!(e.headers.contains(&("retry-after".to_owned(), "2".to_owned())));
+        assert!(rl.retryable());
+        let e = CallFailure::Status { status: 500, message: "boom".into(), retry_after: None }
+            .to_api_error(Provider::Mistral);
+        assert_eq!((e.status, e.code), (502, "provider_error"));
+        assert_eq!(CallFailure::Timeout("x".into()).to_api_error(Provider::OpenAi).status, 504);
+        assert!(!CallFailure::Status { status: 400, message: String::new(), retry_after: None }.retryable());
+        assert_eq!(
+            upstream_error_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            "Overloaded"
+        );
+    }
+
+    #[test]
+    fn titles_are_one_short_line() {
+        assert_eq!(title_from("\n  Hello there\nsecond"), "Hello there");
+        assert_eq!(title_from(&"é".repeat(100)).chars().count(), 81);
+        assert_eq!(title_from("   "), "New conversation");
+    }
+
+    #[test]
+    fn resilience_defaults_and_overrides() {
+        let r =
+            Resilience::from_variables(&vars(&[("provider_idle_timeout_ms", "500"), ("provider_max_attempts", "0")]));
+        assert_eq!(r.idle_timeout, Duration::from_millis(500));
+        assert_eq!(r.retry.max_attempts, 1);
+        assert_eq!(r.total_timeout, Duration::from_secs(300));
+    }
+}

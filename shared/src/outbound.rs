@@ -1,0 +1,207 @@
+//! Outbound HTTP with per-attempt timeouts, streamed response bodies and timers, on
+//! `wasi:http/outgoing-handler` directly.
+//!
+//! spin-sdk 5.2's `http::send` passes no `request-options`, so it cannot set connect, first-byte
+//! or between-bytes timeouts, and it has no timer. This module speaks the WASI 0.2 interfaces
+//! through the `wasi` crate version spin-sdk's executor itself uses, and parks on its pollables
+//! with `spin_executor::push_waker`, so it composes with the spin-sdk async handler. Spin and
+//! wasmtime's `default_send_request` both honour the three timeouts.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+use wasi::clocks::monotonic_clock;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
+use wasi::io::streams::InputStream;
+/// The error of WASI streams, shared with spin-sdk's body sinks.
+pub use wasi::io::streams::StreamError;
+
+/// Monotonic time in nanoseconds.
+pub fn now_ns() -> u64 {
+    monotonic_clock::now()
+}
+
+/// A uniform random number in [0, 1) from the host's entropy.
+pub fn random_unit() -> f64 {
+    (wasi::random::random::get_random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 29 random alphanumeric characters, the shape of OpenAI's `chatcmpl-` ids.
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    wasi::random::random::get_random_bytes(29).iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// Waits until the monotonic clock reaches `deadline_ns`.
+pub async fn sleep_until(deadline_ns: u64) {
+    poll_fn(|cx| {
+        if monotonic_clock::now() >= deadline_ns {
+            Poll::Ready(())
+        } else {
+            spin_executor::push_waker(monotonic_clock::subscribe_instant(deadline_ns), cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Waits for `d`.
+pub async fn sleep(d: Duration) {
+    sleep_until(now_ns().saturating_add(d.as_nanos() as u64)).await
+}
+
+/// Timeouts of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP/TLS connect.
+    pub connect: Duration,
+    /// Until the response head.
+    pub first_byte: Duration,
+    /// Longest silence between body chunks.
+    pub between_bytes: Duration,
+}
+
+/// Why a request produced no response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// Refused, DNS, TLS, reset before the head.
+    Connect(String),
+    /// Connect or first-byte timeout.
+    Timeout(String),
+    /// The host's `allowed_outbound_hosts` refused it.
+    Denied(String),
+    /// A malformed URL or anything else.
+    Other(String),
+}
+
+fn classify(code: &ErrorCode) -> SendError {
+    let text = format!("{code:?}");
+    match code {
+        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
+            SendError::Timeout(text)
+        }
+        ErrorCode::HttpRequestDenied => SendError::Denied(text),
+        ErrorCode::DnsTimeout | ErrorCode::DnsError(_) => SendError::Connect(text),
+        ErrorCode::ConnectionRefused
+        | ErrorCode::ConnectionTerminated
+        | ErrorCode::ConnectionLimitReached
+        | ErrorCode::DestinationNotFound
+        | ErrorCode::DestinationUnavailable
+        | ErrorCode::DestinationIpUnroutable
+        | ErrorCode::DestinationIpProhibited
+        | ErrorCode::TlsProtocolError
+        | ErrorCode::TlsCertificateError
+        | ErrorCode::TlsAlertReceived(_) => SendError::Connect(text),
+        // wasmtime reports a refused TCP connect as an internal error carrying the io error.
+        ErrorCode::InternalError(Some(m)) if m.contains("onnect") || m.contains("refused") => SendError::Connect(text),
+        _ => SendError::Other(text),
+    }
+}
+
+/// A response whose body is read incrementally. Dropping it closes the upstream connection.
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    // Drop order matters: the stream before its body before the response (child resources).
+    stream: Option<InputStream>,
+    body: Option<IncomingBody>,
+    response: Option<IncomingResponse>,
+}
+
+impl Drop for Response {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        drop(self.body.take());
+        drop(self.response.take());
+    }
+}
+
+impl Response {
+    /// The first value of a header (names compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The next piece of the body; `None` at its end, `Err` when the connection failed or went
+    /// silent past the between-bytes timeout.
+    pub async fn chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
+        let stream = self.stream.as_ref()?;
+        poll_fn(|cx| match stream.read(64 * 1024) {
+            Ok(bytes) if bytes.is_empty() => {
+                spin_executor::push_waker(stream.subscribe(), cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(bytes) => Poll::Ready(Some(Ok(bytes))),
+            Err(StreamError::Closed) => Poll::Ready(None),
+            Err(StreamError::LastOperationFailed(e)) => Poll::Ready(Some(Err(e.to_debug_string()))),
+        })
+        .await
+    }
+
+    /// The rest of the body, up to `limit` bytes (more is cut off).
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.chunk().await {
+            let chunk = chunk?;
+            let room = limit.saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Sends a POST of `body` to `url` and waits for the response head.
+pub async fn post(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) -> Result<Response, SendError> {
+    let uri: http::Uri = url.parse().map_err(|e| SendError::Other(format!("bad URL {url}: {e}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => return Err(SendError::Other(format!("URL scheme must be http or https: {url}"))),
+    };
+    let authority = uri.authority().ok_or_else(|| SendError::Other(format!("URL has no host: {url}")))?;
+    let entries: Vec<(String, Vec<u8>)> = headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())).collect();
+    let fields = Fields::from_list(&entries).map_err(|e| SendError::Other(format!("bad header: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let bad = |what: &str| SendError::Other(format!("could not set {what}"));
+    request.set_method(&Method::Post).map_err(|()| bad("method"))?;
+    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
+    request.set_authority(Some(authority.as_str())).map_err(|()| bad("authority"))?;
+    request.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(|()| bad("path"))?;
+    let outgoing_body = request.body().map_err(|()| bad("body"))?;
+    let options = RequestOptions::new();
+    let ns = |d: Duration| Some(d.as_nanos().min(u64::MAX as u128) as u64);
+    // A host that does not support an option refuses to set it; the attempt still runs.
+    let _ = options.set_connect_timeout(ns(t.connect));
+    let _ = options.set_first_byte_timeout(ns(t.first_byte));
+    let _ = options.set_between_bytes_timeout(ns(t.between_bytes));
+    let future = outgoing_handler::handle(request, Some(options)).map_err(|e| classify(&e))?;
+    {
+        let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
+        for piece in body.chunks(4096) {
+            stream.blocking_write_and_flush(piece).map_err(|e| SendError::Connect(format!("writing body: {e:?}")))?;
+        }
+    }
+    OutgoingBody::finish(outgoing_body, None).map_err(|e| classify(&e))?;
+    let response = poll_fn(|cx| match future.get() {
+        Some(Ok(result)) => Poll::Ready(result.map_err(|e| classify(&e))),
+        Some(Err(())) => Poll::Ready(Err(SendError::Other("response already taken".into()))),
+        None => {
+            spin_executor::push_waker(future.subscribe(), cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await?;
+    let status = response.status();
+    let headers =
+        response.headers().entries().into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect();
+    let body = response.consume().map_err(|()| bad("response body"))?;
+    let stream = body.stream().map_err(|()| bad("response stream"))?;
+    Ok(Response { status, headers, stream: Some(stream), body: Some(body), response: Some(response) })
+}

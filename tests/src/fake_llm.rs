@@ -1,0 +1,388 @@
+//! Protocol-faithful fake LLM providers for the chat tests: a real HTTP server on a free port
+//! speaking OpenAI's, Anthropic's and Mistral's wire formats byte for byte (SSE framing, the
+//! usage chunk, error bodies, 429 + retry-after, mid-stream errors, stalls), scripted per test,
+//! recording every request and noticing when the client hangs up mid-stream.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How a scripted stream ends after its events.
+#[derive(Clone, Debug)]
+pub enum End {
+    /// The body ends normally.
+    Finish,
+    /// The server goes silent with the connection open (until the client gives up).
+    Stall,
+}
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A complete body with a status.
+    Json {
+        /// HTTP status.
+        status: u16,
+        /// Extra headers (retry-after, ...).
+        headers: Vec<(String, String)>,
+        /// Body text.
+        body: String,
+    },
+    /// `200 text/event-stream`, events written one by one with `delay` between them.
+    Stream {
+        /// Raw SSE frames, each written as one chunk.
+        events: Vec<String>,
+        /// Pause before each event.
+        delay: Duration,
+        /// What happens after the last event.
+        end: End,
+    },
+    /// Accept the request, then never answer (first-byte stall).
+    Hang,
+}
+
+/// A request the fake received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Path and query.
+    pub path: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// JSON body.
+    pub body: Value,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+impl Received {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Answer>,
+    fallback: Option<Answer>,
+    received: Vec<Received>,
+    hung_up: usize,
+    finished: usize,
+}
+
+/// A running fake provider.
+pub struct FakeProvider {
+    /// `http://127.0.0.1:<port>`.
+    pub origin: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type Reply = http::Response<http_body_util::Either<Full<Bytes>, ChannelBody>>;
+
+impl FakeProvider {
+    /// Starts a fake answering from `script` in order, then `fallback` for every later request.
+    pub async fn start(script: Vec<Answer>, fallback: Option<Answer>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State { script: script.into(), fallback, ..Default::default() }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(FakeProvider { origin: format!("http://{addr}"), state, task })
+    }
+
+    /// Every request so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().map(|s| s.received.clone()).unwrap_or_default()
+    }
+
+    /// Streams the client abandoned before their end (it closed the connection).
+    pub fn hung_up(&self) -> usize {
+        self.state.lock().map(|s| s.hung_up).unwrap_or(0)
+    }
+
+    /// Streams written to their end.
+    pub fn finished(&self) -> usize {
+        self.state.lock().map(|s| s.finished).unwrap_or(0)
+    }
+
+    /// Waits (up to `within`) until `hung_up() >= n`.
+    pub async fn wait_hung_up(&self, n: usize, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.hung_up() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.hung_up() >= n
+    }
+}
+
+async fn answer(state: Arc<Mutex<State>>, req: hyper::Request<hyper::body::Incoming>) -> Reply {
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let headers = req.headers().clone();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let next = {
+        let Ok(mut s) = state.lock() else { return plain(500, "poisoned") };
+        s.received.push(Received {
+            path,
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            at: Instant::now(),
+        });
+        s.script.pop_front().or_else(|| s.fallback.clone())
+    };
+    match next {
+        None => plain(500, "fake provider: no scripted answer left"),
+        Some(Answer::Json { status, headers, body }) => {
+            let mut b = http::Response::builder().status(status).header("content-type", "application/json");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(http_body_util::Either::Left(Full::new(Bytes::from(body))))
+                .unwrap_or_else(|_| plain(500, "bad response"))
+        }
+        Some(Answer::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            plain(500, "hung")
+        }
+        Some(Answer::Stream { events, delay, end }) => {
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                for event in events {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if tx.send(Bytes::from(event)).await.is_err() {
+                        if let Ok(mut s) = state.lock() {
+                            s.hung_up += 1;
+                        }
+                        return;
+                    }
+                }
+                match end {
+                    End::Finish => {
+                        if let Ok(mut s) = state.lock() {
+                            s.finished += 1;
+                        }
+                    }
+                    End::Stall => {
+                        tx.closed().await;
+                        if let Ok(mut s) = state.lock() {
+                            s.hung_up += 1;
+                        }
+                    }
+                }
+            });
+            http::Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream; charset=utf-8")
+                .header("cache-control", "no-cache")
+                .body(http_body_util::Either::Right(ChannelBody(rx)))
+                .unwrap_or_else(|_| plain(500, "bad response"))
+        }
+    }
+}
+
+fn plain(status: u16, text: &str) -> Reply {
+    let mut r = http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from(text.to_owned()))));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// One SSE `data:` frame, as OpenAI and Mistral write them.
+pub fn data(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// One SSE frame with an event name, as Anthropic writes them.
+pub fn named(event: &str, v: &Value) -> String {
+    format!("event: {event}\ndata: {v}\n\n")
+}
+
+/// The terminator of OpenAI and Mistral streams.
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// OpenAI's streamed chunk with `stream_options.include_usage` (every chunk carries `usage: null`).
+pub fn openai_chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_731_000_000, "model": model,
+        "service_tier": "default", "system_fingerprint": "fp_f85bea6784",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        "usage": null,
+    })
+}
+
+/// A whole OpenAI stream: role chunk, one chunk per piece, finish chunk, usage chunk, `[DONE]`.
+pub fn openai_stream(model: &str, pieces: &[&str], prompt: u64, completion: u64) -> Vec<String> {
+    let id = "chatcmpl-AbC123fake";
+    let mut out =
+        vec![data(&openai_chunk(id, model, json!({"role": "assistant", "content": "", "refusal": null}), None))];
+    for p in pieces {
+        out.push(data(&openai_chunk(id, model, json!({"content": p}), None)));
+    }
+    out.push(data(&openai_chunk(id, model, json!({}), Some("stop"))));
+    out.push(data(&json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_731_000_000, "model": model,
+        "service_tier": "default", "system_fingerprint": "fp_f85bea6784", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    })));
+    out.push(DONE.to_owned());
+    out
+}
+
+/// OpenAI's non-streaming `chat.completion`.
+pub fn openai_completion(model: &str, text: &str, prompt: u64, completion: u64) -> String {
+    json!({
+        "id": "chatcmpl-AbC123fake", "object": "chat.completion", "created": 1_731_000_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []},
+                     "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+        "service_tier": "default", "system_fingerprint": "fp_f85bea6784",
+    })
+    .to_string()
+}
+
+/// OpenAI's error body.
+pub fn openai_error(message: &str, kind: &str, code: Option<&str>) -> String {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+/// Anthropic's Messages stream: message_start, a text block with one delta per piece (and a
+/// ping), message_delta with the cumulative output tokens, message_stop.
+pub fn anthropic_stream(model: &str, pieces: &[&str], input: u64, output: u64) -> Vec<String> {
+    let mut out = vec![
+        named(
+            "message_start",
+            &json!({"type": "message_start", "message": {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message",
+                "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                          "output_tokens": 1, "service_tier": "standard"}}}),
+        ),
+        named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        named("ping", &json!({"type": "ping"})),
+    ];
+    for p in pieces {
+        out.push(named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    out.push(named("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+    out.push(named(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                "usage": {"output_tokens": output}}),
+    ));
+    out.push(named("message_stop", &json!({"type": "message_stop"})));
+    out
+}
+
+/// Anthropic's non-streaming message.
+pub fn anthropic_message(model: &str, text: &str, input: u64, output: u64) -> String {
+    json!({
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": input, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": output, "service_tier": "standard"},
+    })
+    .to_string()
+}
+
+/// Anthropic's error body (`overloaded_error`, `rate_limit_error`, ...).
+pub fn anthropic_error(kind: &str, message: &str) -> String {
+    json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
+}
+
+/// Mistral's stream: OpenAI-shaped chunks without `usage: null`, usage on the last content
+/// chunk (the one with the finish reason), then `[DONE]`.
+pub fn mistral_stream(model: &str, pieces: &[&str], prompt: u64, completion: u64) -> Vec<String> {
+    let id = "cmpl-e5cc70bb28c444948073e77776eb30ef";
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 1_731_000_000, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut out = vec![data(&chunk(json!({"role": "assistant", "content": ""}), None))];
+    for (i, p) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let mut c = chunk(json!({"content": p}), if last { Some("stop") } else { None });
+        if last {
+            c["usage"] =
+                json!({"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion});
+        }
+        out.push(data(&c));
+    }
+    out.push(DONE.to_owned());
+    out
+}
+
+/// Mistral's non-streaming completion.
+pub fn mistral_completion(model: &str, text: &str, prompt: u64, completion: u64) -> String {
+    json!({
+        "id": "cmpl-e5cc70bb28c444948073e77776eb30ef", "object": "chat.completion", "model": model,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "created": 1_731_000_000,
+        "choices": [{"index": 0, "message": {"content": text, "tool_calls": null, "prefix": false, "role": "assistant"},
+                     "finish_reason": "stop"}],
+    })
+    .to_string()
+}
+
+/// A `200` JSON answer.
+pub fn ok_json(body: String) -> Answer {
+    Answer::Json { status: 200, headers: Vec::new(), body }
+}
+
+/// A stream answer with no pauses.
+pub fn stream(events: Vec<String>) -> Answer {
+    Answer::Stream { events, delay: Duration::ZERO, end: End::Finish }
+}
