@@ -269,12 +269,174 @@ async fn rate_limiter_postgres() -> Result<(Duration, Duration, usize)> {
     Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), samples.len()))
 }
 
+/// One streamed request's timings.
+struct StreamTimes {
+    first_token: Duration,
+    whole: Duration,
+}
+
+/// `concurrency` keep-alive connections POSTing `body` to `url` back to back, reading each SSE
+/// answer to its end: time to the first `data:` frame that carries content, and to the end.
+async fn stream_load(
+    url: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+    concurrency: usize,
+    total: usize,
+) -> Result<(Vec<StreamTimes>, Duration)> {
+    let uri: http::Uri = url.parse()?;
+    let authority = uri.authority().context("authority")?.clone();
+    let payload = Bytes::from(serde_json::to_vec(body)?);
+    let deadline = Instant::now() + TIME_LIMIT;
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (uri, authority, payload) = (uri.clone(), authority.clone(), payload.clone());
+        let token = token.map(str::to_owned);
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut times = Vec::new();
+            for _ in 0..total / concurrency {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let mut req = http::Request::post(uri.clone())
+                    .header("host", authority.as_str())
+                    .header("content-type", "application/json");
+                if let Some(t) = &token {
+                    req = req.header("authorization", format!("Bearer {t}"));
+                }
+                let req = req.body(Full::new(payload.clone()))?;
+                let t = Instant::now();
+                let res = sender.send_request(req).await?;
+                if res.status() != 200 {
+                    let status = res.status();
+                    let body = res.into_body().collect().await?.to_bytes();
+                    bail!("unexpected {status}: {body:?}");
+                }
+                let mut body = res.into_body();
+                let mut first = None;
+                let mut seen = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    if let Some(d) = frame?.data_ref() {
+                        seen.extend_from_slice(d);
+                        if first.is_none() && seen.windows(14).any(|w| w == b"\"content\":\"tok") {
+                            first = Some(t.elapsed());
+                        }
+                    }
+                }
+                let whole = t.elapsed();
+                if !seen.ends_with(b"data: [DONE]\n\n") {
+                    bail!("stream did not end with [DONE]");
+                }
+                times.push(StreamTimes { first_token: first.unwrap_or(whole), whole });
+            }
+            Ok::<_, anyhow::Error>(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// Chat streams through `chatedge up` (real component, real Postgres, fake OpenAI on loopback)
+/// against the same fake provider called directly.
+async fn chat_streams() -> Result<()> {
+    use chatedge_tests::fake_llm::{self, FakeProvider};
+    let pieces: Vec<String> = (0..20).map(|i| format!("tok{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let fake =
+        FakeProvider::start(Vec::new(), Some(fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &refs, 50, 20))))
+            .await?;
+    let db = chatedge_tests::TestDb::start().await?;
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
+    std::env::set_var("CHATEDGE_BIN", &bin);
+    let base = format!("{}/v1", fake.origin);
+    let host = chatedge_tests::Host::start(
+        &db,
+        &[
+            ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),
+            ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", &fake.origin),
+            ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-bench"),
+            ("CHATEDGE_LOG", "warn"),
+        ],
+    )
+    .await?;
+    let user = db.user().await?;
+    let openai_body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "Tell me a story"}]});
+    let native_body = serde_json::json!({"message": "Tell me a story"});
+    println!("## Chat stream: 20 content chunks + usage from a fake OpenAI on loopback");
+    println!(
+        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "path", "conc", "ttft p50", "ttft p99", "all p50", "all p99", "req/s", "n"
+    );
+    for (concurrency, total) in [(1usize, 400usize), (32, 3200)] {
+        let runs: [(&str, String, Option<&str>, &serde_json::Value); 3] = [
+            ("direct to the fake provider (baseline)", format!("{base}/chat/completions"), None, &openai_body),
+            (
+                "chatedge /v1/chat/completions (usage row)",
+                format!("{}/v1/chat/completions", host.base_url),
+                Some(&user.token),
+                &openai_body,
+            ),
+            (
+                "chatedge chat-completion (persisted)",
+                format!("{}/functions/v1/chat-completion", host.base_url),
+                Some(&user.token),
+                &native_body,
+            ),
+        ];
+        let mut baseline: Option<(Duration, Duration)> = None;
+        for (name, url, token, body) in runs {
+            stream_load(&url, token, body, concurrency, concurrency * 4).await?; // warm-up
+            let (times, elapsed) = stream_load(&url, token, body, concurrency, total).await?;
+            let mut ttft: Vec<Duration> = times.iter().map(|t| t.first_token).collect();
+            let mut whole: Vec<Duration> = times.iter().map(|t| t.whole).collect();
+            ttft.sort();
+            whole.sort();
+            let (t50, t99) = (percentile(&ttft, 0.5), percentile(&ttft, 0.99));
+            println!(
+                "{name:<44} {concurrency:>5} {:>9} {:>9} {:>9} {:>9} {:>8.0} {:>6}",
+                ms(t50),
+                ms(t99),
+                ms(percentile(&whole, 0.5)),
+                ms(percentile(&whole, 0.99)),
+                times.len() as f64 / elapsed.as_secs_f64(),
+                times.len()
+            );
+            match baseline {
+                None => baseline = Some((t50, t99)),
+                Some((b50, b99)) => println!(
+                    "{:<44} {:>5} ttft overhead p50 {} ms, p99 {} ms (goals <= 1 ms, <= 5 ms)",
+                    "",
+                    "",
+                    ms(t50.saturating_sub(b50)),
+                    ms(t99.saturating_sub(b99))
+                ),
+            }
+        }
+    }
+    println!();
+    Ok(())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // `./dev bench chat` runs the chat section alone.
+    if std::env::args().nth(1).as_deref() == Some("chat") {
+        return chat_streams().await;
+    }
     let baseline = plain_hyper().await?;
     let (_child, host) = chatedge_up().await?;
     let health = "/functions/v1/health";
@@ -302,6 +464,7 @@ async fn main() -> Result<()> {
         }
     }
     println!();
+    chat_streams().await?;
     let (p50, p99, n) = instantiation().await?;
     println!("## Per-request instantiation (fresh Store + instance of the health component, pooling allocator)");
     println!(

@@ -157,8 +157,20 @@ impl Response {
     }
 }
 
+/// A request on its way: sent, its response not yet awaited. Dropping it abandons the request
+/// (the host closes the connection).
+pub struct Pending {
+    future: wasi::http::types::FutureIncomingResponse,
+}
+
 /// Sends a POST of `body` to `url` and waits for the response head.
 pub async fn post(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) -> Result<Response, SendError> {
+    start(url, headers, body, t)?.response().await
+}
+
+/// Sends a POST of `body` to `url` without waiting: the host works on it while the guest does
+/// other things (a database commit, say) until [`Pending::response`] is awaited.
+pub fn start(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) -> Result<Pending, SendError> {
     let uri: http::Uri = url.parse().map_err(|e| SendError::Other(format!("bad URL {url}: {e}")))?;
     let scheme = match uri.scheme_str() {
         Some("https") => Scheme::Https,
@@ -189,19 +201,32 @@ pub async fn post(url: &str, headers: &[(String, String)], body: &[u8], t: Timeo
         }
     }
     OutgoingBody::finish(outgoing_body, None).map_err(|e| classify(&e))?;
-    let response = poll_fn(|cx| match future.get() {
-        Some(Ok(result)) => Poll::Ready(result.map_err(|e| classify(&e))),
-        Some(Err(())) => Poll::Ready(Err(SendError::Other("response already taken".into()))),
-        None => {
-            spin_executor::push_waker(future.subscribe(), cx.waker().clone());
-            Poll::Pending
-        }
-    })
-    .await?;
-    let status = response.status();
-    let headers =
-        response.headers().entries().into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect();
-    let body = response.consume().map_err(|()| bad("response body"))?;
-    let stream = body.stream().map_err(|()| bad("response stream"))?;
-    Ok(Response { status, headers, stream: Some(stream), body: Some(body), response: Some(response) })
+    Ok(Pending { future })
+}
+
+impl Pending {
+    /// Waits for the response head.
+    pub async fn response(self) -> Result<Response, SendError> {
+        let future = self.future;
+        let response = poll_fn(|cx| match future.get() {
+            Some(Ok(result)) => Poll::Ready(result.map_err(|e| classify(&e))),
+            Some(Err(())) => Poll::Ready(Err(SendError::Other("response already taken".into()))),
+            None => {
+                spin_executor::push_waker(future.subscribe(), cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await?;
+        let bad = |what: &str| SendError::Other(format!("could not read {what}"));
+        let status = response.status();
+        let headers = response
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let body = response.consume().map_err(|()| bad("response body"))?;
+        let stream = body.stream().map_err(|()| bad("response stream"))?;
+        Ok(Response { status, headers, stream: Some(stream), body: Some(body), response: Some(response) })
+    }
 }

@@ -115,6 +115,9 @@ impl FakeProvider {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                // Providers flush every event at once; without this Nagle holds small frames
+                // for the peer's delayed ACK (40 ms on Linux).
+                let _ = stream.set_nodelay(true);
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {

@@ -228,11 +228,11 @@ async fn chat_route(
         .unwrap_or(chat::DEFAULT_CONTEXT_MESSAGES)
         .min(200);
 
-    // The user's message is durable before any provider is asked.
-    let (persisted, system_prompt, history) = if request.persist {
+    let (open, system_prompt, history) = if request.persist {
         let first = &targets[0];
-        let (p, sp, h) = store::begin_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
-        (Some(p), sp, h)
+        let (open, sp, h) =
+            store::open_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
+        (Some(open), sp, h)
     } else {
         (None, request.system_prompt.clone(), Vec::new())
     };
@@ -242,7 +242,7 @@ async fn chat_route(
     let mut call = Call {
         user_id,
         principal,
-        persisted,
+        persisted: None,
         prices,
         started_ns: outbound::now_ns(),
         deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
@@ -250,7 +250,17 @@ async fn chat_route(
         prompt_chars,
     };
 
-    let connected = connect(&mut call, &request, &targets, &messages, &resilience).await;
+    // The first attempt starts now and the commit of the user's message overlaps it; nothing
+    // the provider says is read, let alone forwarded, before that message is durable. If the
+    // commit fails the started request is dropped, which closes it.
+    let (url, headers, payload) = upstream_for(&request, &targets[0], &messages);
+    let first_attempt = (outbound::now_ns(), outbound::start(&url, &headers, &payload, call.timeouts(&resilience)));
+    if let Some(open) = open {
+        let first = &targets[0];
+        call.persisted = Some(open.store_messages(&request, first.config.provider, &first.model)?);
+    }
+
+    let connected = connect(&mut call, &request, &targets, &messages, &resilience, Some(first_attempt)).await;
     let (target, response) = match connected {
         Ok(v) => v,
         Err((provider, failure)) => {
@@ -303,6 +313,16 @@ struct Outcome {
 impl Call {
     fn remaining(&self) -> Duration {
         Duration::from_nanos(self.deadline_ns.saturating_sub(outbound::now_ns()))
+    }
+
+    /// One attempt's timeouts, none past the total deadline.
+    fn timeouts(&self, resilience: &Resilience) -> Timeouts {
+        let remaining = self.remaining();
+        Timeouts {
+            connect: resilience.connect_timeout.min(remaining),
+            first_byte: resilience.first_byte_timeout.min(remaining),
+            between_bytes: resilience.idle_timeout.min(remaining),
+        }
     }
 
     fn record_failure(&mut self, target: &Target, attempt_start: u64, failure: &CallFailure) {
@@ -407,39 +427,51 @@ impl Call {
     }
 }
 
-/// Tries each target with retries until one answers 2xx. On failure returns the provider whose
-/// failure the client should hear about.
+/// The upstream URL, headers (the key among them) and body for `target`.
+fn upstream_for(
+    request: &ChatRequest,
+    target: &Target,
+    messages: &[Value],
+) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let body = chat::openai_body(request, &target.model, messages.to_vec());
+    let upstream = providers::upstream_request(
+        target.config.provider,
+        &target.config.base_url,
+        &target.config.api_key,
+        &body,
+        request.stream,
+    );
+    (upstream.url, upstream.headers, upstream.body.to_string().into_bytes())
+}
+
+/// Tries each target with retries until one answers 2xx, beginning with the attempt already
+/// `started`, if any. On failure returns the provider whose failure the client should hear about.
 async fn connect<'t>(
     call: &mut Call,
     request: &ChatRequest,
     targets: &'t [Target],
     messages: &[Value],
     resilience: &Resilience,
+    mut started: Option<(u64, Result<outbound::Pending, SendError>)>,
 ) -> Result<(&'t Target, outbound::Response), (Provider, CallFailure)> {
     let mut last: Option<(Provider, CallFailure)> = None;
     'targets: for target in targets {
-        let body = chat::openai_body(request, &target.model, messages.to_vec());
-        let upstream = providers::upstream_request(
-            target.config.provider,
-            &target.config.base_url,
-            &target.config.api_key,
-            &body,
-            request.stream,
-        );
-        let payload = upstream.body.to_string().into_bytes();
+        let (url, headers, payload) = upstream_for(request, target, messages);
         for attempt in 0..resilience.retry.max_attempts {
             let remaining = call.remaining();
             if remaining.is_zero() {
                 last = Some((target.config.provider, CallFailure::Timeout("the total deadline passed".into())));
                 break 'targets;
             }
-            let timeouts = Timeouts {
-                connect: resilience.connect_timeout.min(remaining),
-                first_byte: resilience.first_byte_timeout.min(remaining),
-                between_bytes: resilience.idle_timeout.min(remaining),
+            let (attempt_start, sent) = match started.take() {
+                Some((at, Ok(pending))) => (at, pending.response().await),
+                Some((at, Err(e))) => (at, Err(e)),
+                None => {
+                    let at = outbound::now_ns();
+                    (at, outbound::post(&url, &headers, &payload, call.timeouts(resilience)).await)
+                }
             };
-            let attempt_start = outbound::now_ns();
-            let failure = match outbound::post(&upstream.url, &upstream.headers, &payload, timeouts).await {
+            let failure = match sent {
                 Ok(response) if (200..300).contains(&response.status) => return Ok((target, response)),
                 Ok(mut response) => {
                     let body = response.read_to_end(MAX_ERROR_BODY).await.unwrap_or_default();
@@ -580,7 +612,7 @@ async fn stream_reply(call: &mut Call, target: &Target, mut response: outbound::
     let mut translator = StreamTranslator::new(provider, id, target.model.clone(), now_unix());
     let mut parser = sse::Parser::new();
     let mut ttft: Option<i64> = None;
-    let end = 'read: loop {
+    let end = loop {
         if call.remaining().is_zero() {
             break StreamEnd::Cut("the total deadline passed".into());
         }
@@ -599,21 +631,34 @@ async fn stream_reply(call: &mut Call, target: &Target, mut response: outbound::
             Ok(ev) => ev,
             Err(e) => break StreamEnd::Cut(format!("malformed event stream: {e}")),
         };
-        for event in events {
+        // Everything one upstream read produced goes out as one write (one flush through the host).
+        let mut out = Vec::new();
+        let mut stop = None;
+        'events: for event in events {
             for item in translator.event(event.event.as_deref(), &event.data) {
                 match item {
                     StreamItem::Chunk(v) => {
                         if ttft.is_none() {
                             ttft = Some(ms_since(call.started_ns));
                         }
-                        if sink.send(sse::data_event(&v.to_string())).await.is_err() {
-                            break 'read StreamEnd::ClientGone;
-                        }
+                        out.extend(sse::data_event(&v.to_string()));
                     }
-                    StreamItem::Error(e) => break 'read StreamEnd::UpstreamError(e),
-                    StreamItem::Done => break 'read StreamEnd::Done,
+                    StreamItem::Error(e) => {
+                        stop = Some(StreamEnd::UpstreamError(e));
+                        break 'events;
+                    }
+                    StreamItem::Done => {
+                        stop = Some(StreamEnd::Done);
+                        break 'events;
+                    }
                 }
             }
+        }
+        if !out.is_empty() && sink.send(out).await.is_err() {
+            break StreamEnd::ClientGone;
+        }
+        if let Some(stop) = stop {
+            break stop;
         }
     };
     // Closes the upstream connection whatever happened (a disconnected client stops the spend).

@@ -77,15 +77,22 @@ const HISTORY: &str = "coalesce((select json_agg(json_build_object('role', h.rol
              and m.status in ('complete', 'incomplete') and (m.content <> '' or m.tool_calls is not null) \
            order by m.created_at desc, m.id desc limit $2) h), '[]'::json)";
 
-/// Opens or creates the conversation, reads its system prompt and last `context_len` messages,
-/// and stores the user message plus a pending assistant row. Returns the rows and the context.
-pub fn begin_exchange(
+/// The first transaction of an exchange, open between reading the context and storing the
+/// messages (the provider call is started in between, so the commit overlaps it).
+pub struct OpenExchange {
+    tx: RlsTransaction,
+    conversation_id: String,
+}
+
+/// Opens or creates the conversation and reads its system prompt and last `context_len`
+/// messages, in a transaction left open for [`OpenExchange::store_messages`].
+pub fn open_exchange(
     principal: &Principal,
     request: &ChatRequest,
     provider: Provider,
     model: &str,
     context_len: usize,
-) -> Result<(Persisted, Option<String>, Vec<StoredMessage>), ApiError> {
+) -> Result<(OpenExchange, Option<String>, Vec<StoredMessage>), ApiError> {
     let mut tx = RlsTransaction::begin(principal)?;
     let conversation = match &request.conversation_id {
         // Under RLS another user's conversation is simply absent: the same 404 as a missing one.
@@ -129,8 +136,17 @@ pub fn begin_exchange(
             tool_calls: Some(m["tool_calls"].clone()).filter(|t| !t.is_null()),
         })
         .collect();
-    // clock_timestamp(): both rows are in one transaction, where now() would tie them.
-    let ids = tx
+    Ok((OpenExchange { tx, conversation_id }, system_prompt, history))
+}
+
+impl OpenExchange {
+    /// Stores the user message and a pending assistant row, and commits: once this returns the
+    /// user's message is durable.
+    pub fn store_messages(self, request: &ChatRequest, provider: Provider, model: &str) -> Result<Persisted, ApiError> {
+        let conversation_id = self.conversation_id;
+        let mut tx = self.tx;
+        // clock_timestamp(): both rows are in one transaction, where now() would tie them.
+        let ids = tx
         .query_json(
             "with u as (insert into public.messages (conversation_id, user_id, role, content, created_at) \
                         values ($1, auth.uid(), 'user', $2, clock_timestamp()) returning id), \
@@ -146,15 +162,16 @@ pub fn begin_exchange(
             ],
         )?
         .ok_or_else(|| ApiError::internal("message insert returned nothing"))?;
-    let ids: Value =
-        serde_json::from_str(&ids).map_err(|e| ApiError::internal(format!("database returned bad JSON: {e}")))?;
-    let persisted = Persisted {
-        conversation_id,
-        user_message_id: field(&ids, "user_message_id")?,
-        assistant_message_id: field(&ids, "assistant_message_id")?,
-    };
-    tx.commit()?;
-    Ok((persisted, system_prompt, history))
+        let ids: Value =
+            serde_json::from_str(&ids).map_err(|e| ApiError::internal(format!("database returned bad JSON: {e}")))?;
+        let persisted = Persisted {
+            conversation_id,
+            user_message_id: field(&ids, "user_message_id")?,
+            assistant_message_id: field(&ids, "assistant_message_id")?,
+        };
+        tx.commit()?;
+        Ok(persisted)
+    }
 }
 
 fn cost_text(usd: f64) -> ParameterValue {
