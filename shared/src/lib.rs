@@ -9,6 +9,8 @@ pub mod cors;
 pub mod db;
 pub mod error;
 #[cfg(target_arch = "wasm32")]
+pub mod limiter;
+#[cfg(target_arch = "wasm32")]
 pub mod outbound;
 pub mod pagination;
 pub mod pricing;

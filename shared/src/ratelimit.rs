@@ -88,6 +88,154 @@ pub fn ceil_secs(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 
+impl Limit {
+    /// Parses `<count>/<period>[:<burst>]`: `20/min`, `20/min:5`, `30/h`, `10/90s:3`, `1000/d`.
+    /// The burst defaults to 1.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let bad = || format!("rate limit '{spec}' must look like 20/min:5 (count/period[:burst])");
+        let (rate_part, burst) = match spec.trim().split_once(':') {
+            Some((r, b)) => (r, b.trim().parse::<u64>().map_err(|_| bad())?),
+            None => (spec.trim(), 1),
+        };
+        let (count, period) = rate_part.split_once('/').ok_or_else(bad)?;
+        let rate = count.trim().parse::<u64>().map_err(|_| bad())?;
+        let period = period.trim();
+        let digits: String = period.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let n = if digits.is_empty() { 1 } else { digits.parse::<u64>().map_err(|_| bad())? };
+        let unit_s = match &period[digits.len()..] {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            "d" | "day" => 86_400,
+            _ => return Err(bad()),
+        };
+        if rate == 0 || burst == 0 || n == 0 {
+            return Err(bad());
+        }
+        Ok(Limit { rate, period_ns: n * unit_s * 1_000_000_000, burst })
+    }
+
+    /// The period in whole seconds (the `w` of `RateLimit-Policy`).
+    pub fn window_secs(&self) -> u64 {
+        ceil_secs(self.period_ns)
+    }
+}
+
+/// The named policies and their defaults; each is overridden by the variable
+/// `ratelimit_<name>` (e.g. `ratelimit_chat = "20/min:5"`).
+pub const DEFAULT_POLICIES: &[(&str, &str)] = &[
+    // Chat completions per signed-in user.
+    ("chat", "20/min:5"),
+    // Supabase anonymous sign-ins (public visitors): stricter.
+    ("chat_anonymous", "5/min:2"),
+    // Chats paid with the caller's own provider key (x-provider-api-key), per key.
+    ("chat_byok", "60/min:10"),
+    // Code executions per user.
+    ("code", "10/min:3"),
+    // Uploads per user.
+    ("upload", "30/h:10"),
+    // Everything else (conversations CRUD) per user.
+    ("api", "300/min:100"),
+];
+
+/// The default spec of a policy.
+pub fn default_policy(name: &str) -> Option<&'static str> {
+    DEFAULT_POLICIES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Who a check counts against, as a key component: `user:<id>`, `anon:<id>`, `ip:<addr>`,
+/// `byok:<hash>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(pub String);
+
+/// The client address for anonymous limits: Spin's `spin-client-addr` (host:port), or the
+/// first `X-Forwarded-For` hop when the deployment says a trusted proxy sets it.
+pub fn client_ip(spin_client_addr: Option<&str>, forwarded_for: Option<&str>, trust_forwarded: bool) -> Option<String> {
+    if trust_forwarded {
+        if let Some(first) = forwarded_for.and_then(|v| v.split(',').next()).map(str::trim).filter(|v| !v.is_empty()) {
+            return Some(first.to_owned());
+        }
+    }
+    let addr = spin_client_addr?.trim();
+    // "[::1]:5000" or "1.2.3.4:5000" -> the address alone.
+    let ip = match addr.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) && !host.is_empty() => host,
+        _ => addr,
+    };
+    Some(ip.trim_start_matches('[').trim_end_matches(']').to_owned())
+}
+
+impl Subject {
+    /// A signed-in user.
+    pub fn user(id: &str) -> Self {
+        Subject(format!("user:{id}"))
+    }
+
+    /// A client address.
+    pub fn ip(addr: &str) -> Self {
+        Subject(format!("ip:{addr}"))
+    }
+
+    /// A caller's own provider key, by a digest (the key itself is never stored).
+    pub fn provider_key(key: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.trim().as_bytes());
+        Subject(format!("byok:{}", digest.iter().take(16).map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+}
+
+/// A checked request's state for the response headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Policy name.
+    pub policy: String,
+    /// Its limit.
+    pub limit: Limit,
+    /// Admitted.
+    pub allowed: bool,
+    /// Requests still admissible now.
+    pub remaining: u64,
+    /// Until back to a full burst.
+    pub reset_after_ns: u64,
+    /// When refused, the wait until admission.
+    pub retry_after_ns: u64,
+}
+
+impl Verdict {
+    /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and the
+    /// `x-ratelimit-*` trio, on admitted and refused responses alike.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let reset = ceil_secs(self.reset_after_ns);
+        vec![
+            (
+                "ratelimit-policy".into(),
+                format!("\"{}\";q={};w={}", self.policy, self.limit.rate, self.limit.window_secs()),
+            ),
+            ("ratelimit".into(), format!("\"{}\";r={};t={}", self.policy, self.remaining, reset)),
+            ("x-ratelimit-limit".into(), self.limit.rate.to_string()),
+            ("x-ratelimit-remaining".into(), self.remaining.to_string()),
+            ("x-ratelimit-reset".into(), reset.to_string()),
+        ]
+    }
+
+    /// The 429 for a refused request: envelope, `Retry-After` and the headers above.
+    pub fn rejection(&self) -> crate::ApiError {
+        let retry = ceil_secs(self.retry_after_ns).max(1);
+        let mut e = crate::ApiError::new(
+            429,
+            "rate_limited",
+            format!("rate limit '{}' exceeded: retry in {retry} s", self.policy),
+        )
+        .with_detail("policy", &self.policy)
+        .with_detail("retry_after_ms", self.retry_after_ns.div_ceil(1_000_000))
+        .with_header("retry-after", retry.to_string());
+        for (n, v) in self.headers() {
+            e = e.with_header(&n, v);
+        }
+        e
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +284,49 @@ mod tests {
         assert!(d.tat_ns >= u64::MAX - 1 || !d.allowed);
         let zero = Limit { rate: 0, period_ns: 0, burst: 0 };
         let _ = decide(None, 5, &zero, 1);
+    }
+
+    #[test]
+    fn limits_parse_from_variables() {
+        assert_eq!(Limit::parse("20/min:5").unwrap(), Limit::per_minute(20, 5));
+        assert_eq!(Limit::parse("30/h").unwrap(), Limit::per_hour(30, 1));
+        assert_eq!(Limit::parse(" 10/90s:3 ").unwrap(), Limit { rate: 10, period_ns: 90 * SEC, burst: 3 });
+        assert_eq!(Limit::parse("1000/d").unwrap().window_secs(), 86_400);
+        for bad in ["", "20", "20/fortnight", "0/min", "5/min:0", "x/min", "5/min:y"] {
+            assert!(Limit::parse(bad).is_err(), "{bad}");
+        }
+        for (name, spec) in DEFAULT_POLICIES {
+            assert!(Limit::parse(spec).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn client_ip_ignores_forwarded_for_unless_trusted() {
+        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("1.2.3.4"), false).as_deref(), Some("10.0.0.5"));
+        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("1.2.3.4, 10.0.0.1"), true).as_deref(), Some("1.2.3.4"));
+        assert_eq!(client_ip(Some("[::1]:5000"), None, true).as_deref(), Some("::1"));
+        assert_eq!(client_ip(None, None, false), None);
+    }
+
+    #[test]
+    fn refusal_carries_every_header() {
+        let v = Verdict {
+            policy: "chat".into(),
+            limit: Limit::per_minute(20, 5),
+            allowed: false,
+            remaining: 0,
+            reset_after_ns: 14_500_000_000,
+            retry_after_ns: 2_100_000_000,
+        };
+        let e = v.rejection();
+        assert_eq!((e.status, e.code), (429, "rate_limited"));
+        let h = |n: &str| e.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(h("retry-after"), Some("3"));
+        assert_eq!(h("ratelimit-policy"), Some("\"chat\";q=20;w=60"));
+        assert_eq!(h("ratelimit"), Some("\"chat\";r=0;t=15"));
+        assert_eq!(h("x-ratelimit-limit"), Some("20"));
+        assert_eq!(h("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(h("x-ratelimit-reset"), Some("15"));
     }
 
     proptest! {

@@ -76,3 +76,210 @@ async fn the_database_function_agrees_with_the_pure_algorithm() -> anyhow::Resul
     assert!(client.query("select * from chatedge.rate_limits", &[]).await.is_err());
     Ok(())
 }
+
+// ------------------------------------------------------------------ through the functions
+
+use chatedge_tests::fake_llm::{self, FakeProvider};
+use chatedge_tests::{Host, Reply, JWT_SECRET};
+use serde_json::json;
+
+fn chat_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
+    vec![
+        ("SPIN_VARIABLE_OPENAI_BASE_URL", format!("{}/v1", fake.origin)),
+        ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", fake.origin.clone()),
+        ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-test".into()),
+    ]
+}
+
+fn refs<'a>(env: &'a [(&'static str, String)], extra: &[(&'static str, &'static str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.extend(extra.iter().copied());
+    v
+}
+
+fn assert_limit_headers(r: &Reply, policy: &str, rate: u64, window: u64) {
+    assert_eq!(r.header("ratelimit-policy"), Some(format!("\"{policy}\";q={rate};w={window}").as_str()));
+    let state = r.header("ratelimit").expect("RateLimit header");
+    assert!(state.starts_with(&format!("\"{policy}\";r=")), "{state}");
+    assert_eq!(r.header("x-ratelimit-limit"), Some(rate.to_string().as_str()));
+    assert!(r.header("x-ratelimit-remaining").is_some() && r.header("x-ratelimit-reset").is_some());
+}
+
+#[tokio::test]
+async fn two_hosts_one_database_admit_exactly_fifty_of_two_hundred_chats() -> anyhow::Result<()> {
+    let fake = FakeProvider::start(
+        Vec::new(),
+        Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 3, 1))),
+    )
+    .await?;
+    let db = TestDb::start().await?;
+    let env = chat_env(&fake);
+    let extra = [("SPIN_VARIABLE_RATELIMIT_CHAT", "50/h:50")];
+    let hosts = [Host::start(&db, &refs(&env, &extra)).await?, Host::start(&db, &refs(&env, &extra)).await?];
+    let user = db.user().await?;
+    let hosts = std::sync::Arc::new(hosts);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (hosts, start, token) = (hosts.clone(), start.clone(), user.token.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            hosts[i % 2]
+                .json(
+                    "POST",
+                    "/functions/v1/chat-completion",
+                    &token,
+                    json!({"message": format!("m{i}"), "stream": false}),
+                )
+                .await
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for task in tasks {
+        let r = task.await??;
+        match r.status {
+            200 => {
+                admitted += 1;
+                assert_limit_headers(&r, "chat", 50, 3600);
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(r.error_code(), "rate_limited");
+                assert_limit_headers(&r, "chat", 50, 3600);
+                assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+                let retry: u64 = r.header("retry-after").expect("Retry-After").parse()?;
+                assert!((1..=72).contains(&retry), "retry-after {retry}");
+                assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+            }
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert_eq!((admitted, refused), (50, 150));
+    // Refused requests did no work: 50 provider calls, 50 stored user messages.
+    assert_eq!(fake.received().len(), 50);
+    let stored: i64 = db
+        .admin()
+        .await?
+        .query_one("select count(*) from messages where user_id = $1 and role = 'user'", &[&user.id])
+        .await?
+        .get(0);
+    assert_eq!(stored, 50);
+    Ok(())
+}
+
+#[tokio::test]
+async fn key_value_backend_is_exact_under_concurrency_via_compare_and_swap() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_BACKEND", "kv")]).await?;
+    let service = chatedge::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    let host = std::sync::Arc::new(host);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (host, service) = (host.clone(), service.clone());
+        tasks.push(tokio::spawn(async move {
+            host.json("POST", "/functions/v1/rate-limit", &service, json!({"key": "export:acme", "limit": "7/h:7"}))
+                .await
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        let r = t.await??;
+        match r.status {
+            200 => admitted += 1,
+            429 => assert_limit_headers(&r, "custom", 7, 3600),
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert_eq!(admitted, 7);
+    // Nothing went to Postgres.
+    let rows: i64 = db.admin().await?.query_one("select count(*) from chatedge.rate_limits", &[]).await?.get(0);
+    assert_eq!(rows, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Result<()> {
+    let fake = FakeProvider::start(
+        Vec::new(),
+        Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 3, 1))),
+    )
+    .await?;
+    let mut db = TestDb::start().await?;
+    let env = chat_env(&fake);
+    let host = Host::start(&db, &refs(&env, &[])).await?;
+    let user = db.user().await?;
+
+    // GET: the caller's policies, nothing consumed.
+    let r = host.get("/functions/v1/rate-limit", &user.token).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let limits = r.json()["limits"].as_array().cloned().unwrap_or_default();
+    let chat = limits.iter().find(|l| l["policy"] == "chat").expect("chat policy");
+    assert_eq!(
+        (chat["rate"].as_u64(), chat["window_seconds"].as_u64(), chat["burst"].as_u64()),
+        (Some(20), Some(60), Some(5))
+    );
+    assert_eq!(chat["remaining"], 5);
+    assert_eq!(host.get("/functions/v1/rate-limit", &user.token).await?.json()["limits"], json!(limits));
+
+    // POST needs the service role; bad bodies are 400.
+    let r = host.json("POST", "/functions/v1/rate-limit", &user.token, json!({"key": "k", "limit": "1/min"})).await?;
+    assert_eq!((r.status, r.error_code()), (403, "forbidden".to_owned()));
+    let service = chatedge::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    for body in [json!({"key": "", "limit": "1/min"}), json!({"key": "k", "limit": "lots"}), json!({"key": "k"})] {
+        let r = host.json("POST", "/functions/v1/rate-limit", &service, body.clone()).await?;
+        assert_eq!(r.status, 400, "{body}");
+    }
+    let first = host.json("POST", "/functions/v1/rate-limit", &service, json!({"key": "k", "limit": "1/min"})).await?;
+    assert_eq!(first.status, 200);
+    let second = host.json("POST", "/functions/v1/rate-limit", &service, json!({"key": "k", "limit": "1/min"})).await?;
+    assert_eq!((second.status, second.header("retry-after")), (429, Some("60")));
+
+    // Anonymous sign-ins get the stricter policy (5/min, burst 2), keyed by address.
+    let anon_id = uuid::Uuid::new_v4().to_string();
+    db.admin()
+        .await?
+        .execute(
+            "insert into auth.users (id, aud, role, is_anonymous) values ($1::text::uuid, 'authenticated', 'authenticated', true)",
+            &[&anon_id],
+        )
+        .await?;
+    let anon = chatedge_tests::token_with(json!({
+        "sub": anon_id, "role": "authenticated", "aud": "authenticated", "is_anonymous": true,
+        "exp": chatedge::tokens::now() + 600,
+    }));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = host
+            .json("POST", "/functions/v1/chat-completion", &anon, json!({"message": "hi", "stream": false}))
+            .await?;
+        if r.status == 429 {
+            assert_eq!(r.json()["error"]["policy"], "chat_anonymous");
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![200, 200, 429]);
+
+    // The limiter's store goes away: chat fails closed with 503, and comes back with it.
+    db.cluster.stop()?;
+    let r = host
+        .json("POST", "/functions/v1/chat-completion", &user.token, json!({"message": "hi", "stream": false}))
+        .await?;
+    assert_eq!((r.status, r.error_code()), (503, "rate_limiter_unavailable".to_owned()));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(fake.received().len(), 2, "nothing reached the provider");
+    let port = db.cluster.host_port().rsplit(':').next().unwrap_or_default().parse()?;
+    db.cluster.start(port)?;
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = host
+            .json("POST", "/functions/v1/chat-completion", &user.token, json!({"message": "back", "stream": false}))
+            .await?;
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "chat recovered after the database came back");
+    Ok(())
+}

@@ -10,9 +10,11 @@ mod store;
 use futures::SinkExt;
 use serde_json::{json, Value};
 use shared::chat::{self, CallFailure, ChatRequest, Dialect, ProviderConfig, Resilience};
+use shared::limiter;
 use shared::outbound::{self, SendError, Timeouts};
 use shared::pricing::PriceTable;
 use shared::providers::{self, Provider, StreamItem, StreamTranslator, Usage};
+use shared::ratelimit::Subject;
 use shared::spin::{require_user, variable, Incoming};
 use shared::sse;
 use shared::ApiError;
@@ -35,6 +37,11 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let matched = header("spin-matched-route").unwrap_or_default();
     let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
     let byo_key = header("x-provider-api-key");
+    let client_ip = shared::ratelimit::client_ip(
+        header("spin-client-addr").as_deref(),
+        header("x-forwarded-for").as_deref(),
+        var("ratelimit_trust_forwarded_for").is_some_and(|v| v == "true"),
+    );
     let method = req.method();
     let incoming = Incoming {
         method: method.clone(),
@@ -44,7 +51,7 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         authorization: header("authorization"),
         body: Vec::new(),
     };
-    let mut responder = Responder { out: Some(out), origin };
+    let mut responder = Responder { out: Some(out), origin, extra: Vec::new() };
     if method == Method::Options {
         responder.send(204, &[], Vec::new()).await;
         return;
@@ -53,10 +60,10 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
         (true, "/models", Method::Get) => list_models(&incoming).await.map(|v| Some((200, v))),
         (true, "/chat/completions", Method::Post) => {
-            chat_route(req, incoming, Dialect::OpenAi, byo_key.as_deref(), &mut responder).await
+            chat_route(req, incoming, Dialect::OpenAi, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
         }
         (false, "" | "/", Method::Post) => {
-            chat_route(req, incoming, Dialect::Native, byo_key.as_deref(), &mut responder).await
+            chat_route(req, incoming, Dialect::Native, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
         }
         (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
         (true, "/chat/completions", _) | (false, "" | "/", _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
@@ -73,6 +80,8 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
 struct Responder {
     out: Option<ResponseOutparam>,
     origin: Option<String>,
+    /// Headers every response of this request carries (the rate-limit state once admitted).
+    extra: Vec<(String, String)>,
 }
 
 type BodySink = Pin<Box<dyn futures::Sink<Vec<u8>, Error = outbound::StreamError>>>;
@@ -84,6 +93,11 @@ impl Responder {
             headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
         for (n, v) in shared::cors::headers(self.origin.as_deref()) {
             list.push((n.to_owned(), v.into_bytes()));
+        }
+        for (n, v) in &self.extra {
+            if !list.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
+                list.push((n.clone(), v.clone().into_bytes()));
+            }
         }
         let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(fields);
@@ -210,6 +224,7 @@ async fn chat_route(
     mut incoming: Incoming,
     dialect: Dialect,
     byo_key: Option<&str>,
+    client_ip: Option<&str>,
     responder: &mut Responder,
 ) -> Result<Option<(u16, Value)>, ApiError> {
     let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(chat::DEFAULT_MAX_BODY_BYTES);
@@ -219,6 +234,17 @@ async fn chat_route(
         Dialect::Native => chat::parse_native(&incoming.body, max_body)?,
         Dialect::OpenAi => chat::parse_openai(&incoming.body, max_body)?,
     };
+    // The caller's policy, before any work: anonymous sign-ins by address (they can mint new
+    // sessions at will), callers paying with their own key by that key, everyone else by user.
+    let (policy, subject) = match (byo_key.filter(|k| !k.trim().is_empty()), principal.is_anonymous, client_ip) {
+        (Some(key), _, _) => ("chat_byok", Subject::provider_key(key)),
+        (None, true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
+        (None, true, None) => ("chat_anonymous", Subject::user(&user_id)),
+        (None, false, _) => ("chat", Subject::user(&user_id)),
+    };
+    if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
+        responder.extra = verdict.headers();
+    }
     let targets = targets(&request, byo_key)?;
     let prices = PriceTable::with_overrides(var("model_prices").as_deref())
         .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;

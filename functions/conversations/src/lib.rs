@@ -4,6 +4,7 @@
 
 use shared::conversations::{CreateConversation, UpdateConversation};
 use shared::pagination::{parse_limit, Cursor};
+use shared::ratelimit::Subject;
 use shared::spin::{json_text, require_user, serve, Incoming, RlsTransaction};
 use shared::ApiError;
 use spin_sdk::http::{Method, Request, Response};
@@ -23,7 +24,8 @@ fn handle(req: Request) -> Response {
 
 fn route(incoming: &Incoming) -> Result<Response, ApiError> {
     let segments = incoming.segments();
-    let (_, principal) = require_user(incoming)?;
+    let (user_id, principal) = require_user(incoming)?;
+    let verdict = shared::limiter::enforce("api", &Subject::user(&user_id), 1)?;
     let mut tx = RlsTransaction::begin(&principal)?;
     let response = match (&incoming.method, segments.as_slice()) {
         (Method::Get, []) => list_conversations(&mut tx, incoming)?,
@@ -38,6 +40,10 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
         _ => return Err(ApiError::not_found("route")),
     };
     tx.commit()?;
+    let mut response = response;
+    for (name, value) in verdict.map(|v| v.headers()).unwrap_or_default() {
+        response.set_header(name, value);
+    }
     Ok(response)
 }
 

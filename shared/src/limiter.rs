@@ -1,0 +1,118 @@
+//! The rate limiter as the functions use it: a policy from variables, a subject, and the GCRA
+//! state in one of two stores behind one function.
+//!
+//! - `postgres` (default): `chatedge.rate_limit_check` (migrations/0004), one statement with
+//!   the database's clock, exact across any number of edge instances.
+//! - `kv`: the `default` key-value store through `wasi:keyvalue` compare-and-swap, for hosts whose
+//!   store is shared (Spin's Redis-backed store); the decision is [`crate::ratelimit::decide`]
+//!   with this instance's clock.
+
+use crate::ratelimit::{decide, default_policy, Limit, Subject, Verdict};
+use crate::spin::{required_variable, variable};
+use crate::ApiError;
+use spin_sdk::pg4::{Connection, DbValue, ParameterValue};
+use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+
+/// How many compare-and-swap rounds a contended KV check may take before it gives up.
+const MAX_CAS_ROUNDS: usize = 64;
+
+const CHECK: &str =
+    "select allowed, remaining, reset_after_ns, retry_after_ns from chatedge.rate_limit_check($1, $2, $3, $4)";
+
+/// The limit of policy `name`: variable `ratelimit_<name>`, else the built-in default.
+pub fn policy_limit(name: &str) -> Result<Limit, ApiError> {
+    let spec = variable(&format!("ratelimit_{name}"))
+        .or_else(|| default_policy(name).map(str::to_owned))
+        .ok_or_else(|| ApiError::internal(format!("no rate-limit policy '{name}'")))?;
+    Limit::parse(&spec).map_err(|e| ApiError::internal(format!("server misconfigured: ratelimit_{name}: {e}")))
+}
+
+/// Checks `cost` units of policy `name` for `subject`. Admitted: the verdict (its headers go on
+/// the response). Refused: the 429. Store unreachable: 503, unless `ratelimit_fail_open` is
+/// `true`, in which case the request passes unlimited (and unlabelled).
+pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdict>, ApiError> {
+    let limit = policy_limit(name)?;
+    match check(name, limit, &format!("{name}:{}", subject.0), cost) {
+        Ok(v) if v.allowed => Ok(Some(v)),
+        Ok(v) => Err(v.rejection()),
+        Err(reason) => {
+            eprintln!("rate limiter unavailable ({name}): {reason}");
+            if variable("ratelimit_fail_open").is_some_and(|v| v == "true") {
+                Ok(None)
+            } else {
+                Err(ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; retry shortly")
+                    .with_header("retry-after", "1"))
+            }
+        }
+    }
+}
+
+/// The current state of policy `name` for `subject` without consuming anything.
+pub fn peek(name: &str, subject: &Subject) -> Result<Verdict, ApiError> {
+    let limit = policy_limit(name)?;
+    check(name, limit, &format!("{name}:{}", subject.0), 0)
+        .map_err(|_| ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable"))
+}
+
+/// One decision against the configured store (`ratelimit_backend`: `postgres` or `kv`).
+pub fn check(policy: &str, limit: Limit, key: &str, cost: u64) -> Result<Verdict, String> {
+    let (allowed, remaining, reset_after_ns, retry_after_ns) = match variable("ratelimit_backend").as_deref() {
+        Some("kv") => check_kv(limit, key, cost)?,
+        None | Some("postgres") => check_postgres(limit, key, cost)?,
+        Some(other) => return Err(format!("unknown ratelimit_backend '{other}'")),
+    };
+    Ok(Verdict { policy: policy.to_owned(), limit, allowed, remaining, reset_after_ns, retry_after_ns })
+}
+
+fn int(v: Option<&DbValue>) -> Result<u64, String> {
+    match v {
+        Some(DbValue::Int64(n)) => Ok((*n).max(0) as u64),
+        other => Err(format!("unexpected column {other:?}")),
+    }
+}
+
+fn check_postgres(limit: Limit, key: &str, cost: u64) -> Result<(bool, u64, u64, u64), String> {
+    let url = required_variable("db_url").map_err(|e| e.message)?;
+    let conn = Connection::open(&url).map_err(|e| format!("{e:?}"))?;
+    let rows = conn
+        .query(
+            CHECK,
+            &[
+                ParameterValue::Str(key.to_owned()),
+                ParameterValue::Int64(limit.emission_ns().min(i64::MAX as u64) as i64),
+                ParameterValue::Int64(limit.tolerance_ns().min(i64::MAX as u64) as i64),
+                ParameterValue::Int64(cost.min(i64::MAX as u64) as i64),
+            ],
+        )
+        .map_err(|e| format!("{e:?}"))?;
+    let row = rows.rows.first().ok_or("no row")?;
+    let allowed = matches!(row.first(), Some(DbValue::Boolean(true)));
+    Ok((allowed, int(row.get(1))?, int(row.get(2))?, int(row.get(3))?))
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn check_kv(limit: Limit, key: &str, cost: u64) -> Result<(bool, u64, u64, u64), String> {
+    let bucket = store::open("default").map_err(|e| format!("open: {e:?}"))?;
+    let key = format!("ratelimit:{key}");
+    for _ in 0..MAX_CAS_ROUNDS {
+        let cas = atomics::Cas::new(&bucket, &key).map_err(|e| format!("cas: {e:?}"))?;
+        let stored = cas
+            .current()
+            .map_err(|e| format!("get: {e:?}"))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        let d = decide(stored, now_ns(), &limit, cost);
+        if !d.allowed || cost == 0 {
+            return Ok((d.allowed, d.remaining, d.reset_after_ns, d.retry_after_ns));
+        }
+        match atomics::swap(cas, &d.tat_ns.to_be_bytes()) {
+            Ok(()) => return Ok((true, d.remaining, d.reset_after_ns, 0)),
+            Err(atomics::CasError::CasFailed(_)) => continue, // someone else moved the TAT: decide again
+            Err(atomics::CasError::StoreError(e)) => return Err(format!("swap: {e:?}")),
+        }
+    }
+    Err("too much contention on one key".into())
+}
