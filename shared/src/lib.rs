@@ -3,6 +3,8 @@
 //! glue exists only when building the wasm32 components.
 
 pub mod auth;
+#[cfg(target_arch = "wasm32")]
+pub mod budget;
 pub mod chat;
 pub mod conversations;
 pub mod cors;

@@ -28,8 +28,9 @@ pub fn policy_limit(name: &str) -> Result<Limit, ApiError> {
 }
 
 /// Checks `cost` units of policy `name` for `subject`. Admitted: the verdict (its headers go on
-/// the response). Refused: the 429. Store unreachable: 503, unless `ratelimit_fail_open` is
-/// `true`, in which case the request passes unlimited (and unlabelled).
+/// the response). Refused: the 429. Store unreachable: 503, unless the policy is listed in
+/// `ratelimit_fail_open` (comma separated, `all` for every policy; default `api`), in which case
+/// the request passes unlimited (and unlabelled). Expensive routes (chat, code) fail closed.
 pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdict>, ApiError> {
     let limit = policy_limit(name)?;
     match check(name, limit, &format!("{name}:{}", subject.0), cost) {
@@ -37,7 +38,8 @@ pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdic
         Ok(v) => Err(v.rejection()),
         Err(reason) => {
             eprintln!("rate limiter unavailable ({name}): {reason}");
-            if variable("ratelimit_fail_open").is_some_and(|v| v == "true") {
+            let open = variable("ratelimit_fail_open").unwrap_or_else(|| "api".to_owned());
+            if open.split(',').map(str::trim).any(|p| p == name || p == "all") {
                 Ok(None)
             } else {
                 Err(ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; retry shortly")

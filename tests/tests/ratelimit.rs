@@ -283,3 +283,90 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
     assert!(ok, "chat recovered after the database came back");
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_chats_never_spend_past_the_daily_budget() -> anyhow::Result<()> {
+    // Every answer reports 10 + 90 tokens; the cap allows at most 30 of the 40 racing chats.
+    let fake = FakeProvider::start(
+        Vec::new(),
+        Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 10, 90))),
+    )
+    .await?;
+    let db = TestDb::start().await?;
+    let env = chat_env(&fake);
+    let host = Host::start(
+        &db,
+        &refs(
+            &env,
+            &[("SPIN_VARIABLE_BUDGET_DAILY_TOKENS", "3000"), ("SPIN_VARIABLE_RATELIMIT_CHAT", "1000/min:1000")],
+        ),
+    )
+    .await?;
+    let user = db.user().await?;
+    let host = std::sync::Arc::new(host);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (host, start, token) = (host.clone(), start.clone(), user.token.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            host.json(
+                "POST",
+                "/functions/v1/chat-completion",
+                &token,
+                json!({"message": format!("q{i}"), "stream": false, "max_tokens": 100}),
+            )
+            .await
+        }));
+    }
+    let (mut admitted, mut refused) = (0usize, 0usize);
+    for t in tasks {
+        let r = t.await??;
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert_eq!(r.error_code(), "budget_exceeded");
+                assert_eq!(r.json()["error"]["tokens_cap"], 3000);
+                assert!(r.header("retry-after").is_some());
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}\n{}", String::from_utf8_lossy(&r.body), host.log()),
+        }
+    }
+    assert_eq!(admitted + refused, 40);
+    assert!(refused >= 10, "40 x 100 tokens cannot fit in 3000");
+    assert_eq!(fake.received().len(), admitted, "refused chats never reached the provider");
+    let admin = db.admin().await?;
+    let row = admin
+        .query_one("select tokens_used, tokens_reserved from chatedge.budget_days where user_id = $1", &[&user.id])
+        .await?;
+    let (used, reserved): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(reserved, 0, "every reservation settled or released");
+    assert_eq!(used, admitted as i64 * 100);
+    assert!(used <= 3000, "spent {used} of 3000");
+    let usage_total: i64 = admin
+        .query_one(
+            "select coalesce(sum(prompt_tokens + completion_tokens), 0)::bigint from api_usage where user_id = $1",
+            &[&user.id],
+        )
+        .await?
+        .get(0);
+    assert_eq!(usage_total, used, "the budget counts exactly the recorded usage");
+
+    // The caller sees the budget; a request without max_tokens is capped for the provider.
+    let status = host.get("/functions/v1/rate-limit", &user.token).await?.json();
+    assert_eq!(status["budget"]["tokens_cap"], 3000);
+    assert_eq!(status["budget"]["tokens_used"], used);
+    if used + 4096 + 200 <= 3000 {
+        unreachable!("the cap is below one default reservation");
+    }
+    let r = host
+        .json("POST", "/functions/v1/chat-completion", &user.token, json!({"message": "big", "stream": false}))
+        .await?;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (429, "budget_exceeded".to_owned()),
+        "4096 default output tokens cannot fit"
+    );
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod store;
 
 use futures::SinkExt;
 use serde_json::{json, Value};
+use shared::budget;
 use shared::chat::{self, CallFailure, ChatRequest, Dialect, ProviderConfig, Resilience};
 use shared::limiter;
 use shared::outbound::{self, SendError, Timeouts};
@@ -230,7 +231,7 @@ async fn chat_route(
     let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(chat::DEFAULT_MAX_BODY_BYTES);
     incoming.body = read_body(req, max_body).await?;
     let (user_id, principal) = require_user(&incoming)?;
-    let request = match dialect {
+    let mut request = match dialect {
         Dialect::Native => chat::parse_native(&incoming.body, max_body)?,
         Dialect::OpenAi => chat::parse_openai(&incoming.body, max_body)?,
     };
@@ -245,6 +246,12 @@ async fn chat_route(
     if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
         responder.extra = verdict.headers();
     }
+    // With a spend budget every call needs an output cap, so that its cost has an upper bound.
+    let caps = budget::caps()?;
+    if caps.is_some() && request.max_tokens.is_none() {
+        let default = var("budget_default_max_tokens").and_then(|v| v.parse().ok()).unwrap_or(4096);
+        request.max_tokens = Some(default);
+    }
     let targets = targets(&request, byo_key)?;
     let prices = PriceTable::with_overrides(var("model_prices").as_deref())
         .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;
@@ -254,7 +261,7 @@ async fn chat_route(
         .unwrap_or(chat::DEFAULT_CONTEXT_MESSAGES)
         .min(200);
 
-    let (open, system_prompt, history) = if request.persist {
+    let (mut open, system_prompt, history) = if request.persist {
         let first = &targets[0];
         let (open, sp, h) =
             store::open_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
@@ -265,9 +272,30 @@ async fn chat_route(
     let messages = chat::context_messages(&request, system_prompt.as_deref(), &history);
     let prompt_chars: usize = messages.iter().map(|m| m["content"].to_string().len()).sum();
 
+    // Reserve the most this call can cost (every request byte a prompt token, plus the output
+    // cap) on the dearest target; settled with the real usage, released on failure. With a
+    // conversation the reservation joins its open transaction (one pooled connection per
+    // request), and counts once that commits.
+    let mut reserved = None;
+    let mut budget_hold = None;
+    if let Some(caps) = caps {
+        let max_out = request.max_tokens.unwrap_or(0);
+        let (mut tokens, mut usd) = (0u64, 0f64);
+        for target in &targets {
+            let bound = upstream_for(&request, target, &messages).2.len() as u64;
+            let usage = Usage { prompt_tokens: bound, completion_tokens: max_out, cached_tokens: 0 };
+            tokens = tokens.max(bound + max_out);
+            usd = usd.max(prices.cost_usd(&target.model, usage));
+        }
+        match open.as_mut() {
+            Some(open) => reserved = Some(open.reserve_budget(&user_id, caps, tokens, usd)?),
+            None => budget_hold = Some(budget::reserve(&user_id, caps, tokens, usd)?),
+        }
+    }
     let mut call = Call {
         user_id,
         principal,
+        budget: budget_hold,
         persisted: None,
         prices,
         started_ns: outbound::now_ns(),
@@ -284,6 +312,7 @@ async fn chat_route(
     if let Some(open) = open {
         let first = &targets[0];
         call.persisted = Some(open.store_messages(&request, first.config.provider, &first.model)?);
+        call.budget = reserved.map(budget::Reserved::committed);
     }
 
     let connected = connect(&mut call, &request, &targets, &messages, &resilience, Some(first_attempt)).await;
@@ -316,6 +345,8 @@ async fn chat_route(
 struct Call {
     user_id: String,
     principal: shared::auth::Principal,
+    /// The spend reservation, when budgets are on.
+    budget: Option<budget::Hold>,
     persisted: Option<Persisted>,
     prices: PriceTable,
     started_ns: u64,
@@ -408,9 +439,12 @@ impl Call {
         if failed_attempts > 0 {
             metadata["failed_attempts"] = json!(failed_attempts);
         }
+        let spent_tokens: u64 = self.attempts.iter().map(|a| a.usage.prompt_tokens + a.usage.completion_tokens).sum();
+        let spent_usd: f64 = self.attempts.iter().map(|a| a.cost_usd).sum();
         let result = store::finish_exchange(
             &self.principal,
             &self.user_id,
+            self.budget.as_mut().map(|h| (h, spent_tokens, spent_usd)),
             self.persisted.as_ref(),
             &store::Assistant {
                 content: &outcome.text,

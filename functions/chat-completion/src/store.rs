@@ -140,6 +140,23 @@ pub fn open_exchange(
 }
 
 impl OpenExchange {
+    /// Reserves budget inside this transaction (as `service_role`, which may call the budget
+    /// functions; back to the caller's role after), on the connection already held.
+    pub fn reserve_budget(
+        &mut self,
+        user_id: &str,
+        caps: shared::budget::Caps,
+        tokens: u64,
+        usd: f64,
+    ) -> Result<shared::budget::Reserved, ApiError> {
+        let tx = &mut self.tx;
+        tx.become_service_role()?;
+        let reserved =
+            shared::budget::reserve_with(&mut |sql, params| tx.query(sql, params), user_id, caps, tokens, usd)?;
+        tx.query("select set_config('role', 'authenticated', true)", &[])?;
+        Ok(reserved)
+    }
+
     /// Stores the user message and a pending assistant row, and commits: once this returns the
     /// user's message is durable.
     pub fn store_messages(self, request: &ChatRequest, provider: Provider, model: &str) -> Result<Persisted, ApiError> {
@@ -183,6 +200,7 @@ fn cost_text(usd: f64) -> ParameterValue {
 pub fn finish_exchange(
     principal: &Principal,
     user_id: &str,
+    budget: Option<(&mut shared::budget::Hold, u64, f64)>,
     persisted: Option<&Persisted>,
     assistant: &Assistant<'_>,
     attempts: &[Attempt],
@@ -213,7 +231,8 @@ pub fn finish_exchange(
             ],
         )?;
     }
-    if !attempts.is_empty() {
+    let settle = budget.as_ref().map(|(hold, tokens, usd)| hold.settle_statement(*tokens, *usd));
+    if !attempts.is_empty() || settle.is_some() {
         let rows: Vec<Value> = attempts
             .iter()
             .map(|a| {
@@ -241,6 +260,14 @@ pub fn finish_exchange(
                 ParameterValue::Str(Value::Array(rows).to_string()),
             ],
         )?;
+        // The budget settles in the same transaction as the usage rows it counts.
+        if let Some((sql, params)) = &settle {
+            tx.query(sql, params)?;
+        }
     }
-    tx.commit()
+    tx.commit()?;
+    if let Some((hold, _, _)) = budget {
+        hold.settled();
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `/functions/v1/rate-limit`.
 //!
-//! - `GET`: the caller's policies and where they stand, without consuming anything.
+//! - `GET`: the caller's policies and where they stand, and today's spend budget, without
+//!   consuming anything.
 //! - `POST` (service role only): check and consume a named limit for a trusted backend,
 //!   `{"key": "...", "limit": "10/min:2", "cost": 1}` -> 200 or 429 with the same headers the
 //!   functions send.
@@ -65,7 +66,14 @@ fn show(incoming: &Incoming) -> Result<Response, ApiError> {
             limits.push(json!({"policy": name, "rate": limit.rate, "window_seconds": limit.window_secs(), "burst": limit.burst}));
         }
     }
-    Ok(json_response(200, &json!({"user_id": user_id, "anonymous": principal.is_anonymous, "limits": limits})))
+    let budget = match shared::budget::caps()? {
+        Some(_) => shared::budget::status(&user_id)?,
+        None => Value::Null,
+    };
+    Ok(json_response(
+        200,
+        &json!({"user_id": user_id, "anonymous": principal.is_anonymous, "limits": limits, "budget": budget}),
+    ))
 }
 
 #[derive(Deserialize)]
