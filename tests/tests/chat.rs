@@ -697,3 +697,29 @@ async fn openai_compatible_routes() -> anyhow::Result<()> {
     assert_eq!(r.status, 400);
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_running_stream_finish() -> anyhow::Result<()> {
+    let pieces: Vec<String> = (0..30).map(|i| format!("p{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let events = fake_llm::openai_stream("gpt-4o-mini", &refs, 5, 30);
+    let fake =
+        FakeProvider::start(vec![Answer::Stream { events, delay: Duration::from_millis(30), end: End::Finish }], None)
+            .await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let user = db.user().await?;
+    let response = host.open(CHAT, &user.token, &json!({"message": "keep going"})).await?;
+    assert_eq!(response.status(), 200);
+    let conversation = response.headers()["x-chatedge-conversation-id"].to_str()?.to_owned();
+    let reader = tokio::spawn(async move { response.into_body().collect().await.map(|b| b.to_bytes()) });
+    tokio::time::sleep(Duration::from_millis(200)).await; // mid-stream
+    let status = host.terminate().await?;
+    assert!(status.success(), "exit status {status:?}");
+    let body = reader.await??;
+    assert_eq!(content_deltas(&sse_json(&body)), pieces.concat(), "the stream was cut by the shutdown");
+    assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
+    let stored = messages(&db, &conversation).await?;
+    assert_eq!(stored[1], ("assistant".into(), pieces.concat(), "complete".into()));
+    Ok(())
+}
