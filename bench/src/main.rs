@@ -364,6 +364,8 @@ async fn chat_streams() -> Result<()> {
             ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),
             ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", &fake.origin),
             ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-bench"),
+            // Checked on every request (one statement), set high enough never to refuse.
+            ("SPIN_VARIABLE_RATELIMIT_CHAT", "100000000/min:100000000"),
             ("CHATEDGE_LOG", "warn"),
         ],
     )
