@@ -9,6 +9,7 @@ pub mod outbound;
 pub mod postgres;
 pub mod router;
 pub mod runtime;
+pub mod s3dev;
 pub mod server;
 pub mod tokens;
 pub mod variables;

@@ -86,6 +86,8 @@ struct DevStack {
     /// Present only when the dev stack supplied something (database or JWT secret).
     secrets: Option<DevSecrets>,
     generated_jwt: bool,
+    /// The embedded S3 server, when the dev stack started one.
+    s3: Option<chatedge::s3dev::S3Dev>,
 }
 
 async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Result<DevStack> {
@@ -94,8 +96,21 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
     let need_db = declares("db_url") && !providers.provides("db_url");
     let has_keys = ["supabase_jwt_secret", "supabase_jwks_url", "supabase_jwks"].iter().any(|v| providers.provides(v));
     let generated_jwt = declares("supabase_jwt_secret") && !has_keys;
+    let need_s3 = declares("storage_endpoint") && !providers.provides("storage_endpoint");
+    let mut s3 = None;
+    if need_s3 {
+        // Objects under .chatedge/s3/<bucket>/...; a key pair for this run only.
+        let bucket = providers.env.get("storage_bucket").cloned().unwrap_or_else(|| "uploads".to_owned());
+        let (access, secret) = ("chatedge-dev".to_owned(), devstack::random_hex(20));
+        let server = chatedge::s3dev::start(&state_dir.join("s3"), &bucket, "127.0.0.1:0", &access, &secret).await?;
+        providers.dev.insert("storage_endpoint".into(), server.endpoint.clone());
+        providers.dev.insert("storage_allowed_host".into(), server.endpoint.clone());
+        providers.dev.insert("storage_access_key_id".into(), access);
+        providers.dev.insert("storage_secret_access_key".into(), secret);
+        s3 = Some(server);
+    }
     if !need_db && !generated_jwt {
-        return Ok(DevStack { cluster: None, secrets: None, generated_jwt });
+        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3 });
     }
     let secrets = DevSecrets::load_or_create(&state_dir)?;
     let mut cluster = None;
@@ -120,7 +135,7 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
     if generated_jwt {
         providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
     }
-    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt })
+    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3 })
 }
 
 fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
@@ -141,6 +156,9 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
         writeln!(out, "  API URL:           {base_url}")?;
         if let Some(c) = &dev.cluster {
             writeln!(out, "  DB URL:            {}", c.superuser_url())?;
+        }
+        if let Some(s3) = &dev.s3 {
+            writeln!(out, "  Storage (S3):      {} (objects under .chatedge/s3)", s3.endpoint)?;
         }
         writeln!(out, "  JWT secret:        {}", secrets.jwt_secret)?;
         writeln!(out, "  anon key:          {anon}")?;

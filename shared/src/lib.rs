@@ -22,5 +22,7 @@ pub mod retry;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
 pub mod sse;
+pub mod storage;
+pub mod upload;
 
 pub use error::ApiError;

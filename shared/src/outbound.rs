@@ -168,9 +168,31 @@ pub async fn post(url: &str, headers: &[(String, String)], body: &[u8], t: Timeo
     start(url, headers, body, t)?.response().await
 }
 
+/// Sends `method` (`GET`, `PUT`, `DELETE`, ...) with `body` and waits for the response head.
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    t: Timeouts,
+) -> Result<Response, SendError> {
+    start_with(method, url, headers, body, t)?.response().await
+}
+
 /// Sends a POST of `body` to `url` without waiting: the host works on it while the guest does
 /// other things (a database commit, say) until [`Pending::response`] is awaited.
 pub fn start(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) -> Result<Pending, SendError> {
+    start_with("POST", url, headers, body, t)
+}
+
+/// [`start`] with any method.
+pub fn start_with(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    t: Timeouts,
+) -> Result<Pending, SendError> {
     let uri: http::Uri = url.parse().map_err(|e| SendError::Other(format!("bad URL {url}: {e}")))?;
     let scheme = match uri.scheme_str() {
         Some("https") => Scheme::Https,
@@ -182,7 +204,16 @@ pub fn start(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) 
     let fields = Fields::from_list(&entries).map_err(|e| SendError::Other(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
     let bad = |what: &str| SendError::Other(format!("could not set {what}"));
-    request.set_method(&Method::Post).map_err(|()| bad("method"))?;
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "HEAD" => Method::Head,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.to_owned()),
+    };
+    request.set_method(&method).map_err(|()| bad("method"))?;
     request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
     request.set_authority(Some(authority.as_str())).map_err(|()| bad("authority"))?;
     request.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(|()| bad("path"))?;
@@ -195,10 +226,21 @@ pub fn start(url: &str, headers: &[(String, String)], body: &[u8], t: Timeouts) 
     let _ = options.set_between_bytes_timeout(ns(t.between_bytes));
     let future = outgoing_handler::handle(request, Some(options)).map_err(|e| classify(&e))?;
     {
+        // As much per write as the host will take, waiting on its pollable when it is full.
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        for piece in body.chunks(4096) {
-            stream.blocking_write_and_flush(piece).map_err(|e| SendError::Connect(format!("writing body: {e:?}")))?;
+        let failed = |e: StreamError| SendError::Connect(format!("writing body: {e:?}"));
+        let mut rest = body;
+        while !rest.is_empty() {
+            let permit = stream.check_write().map_err(failed)?;
+            if permit == 0 {
+                stream.subscribe().block();
+                continue;
+            }
+            let n = rest.len().min(permit.min(1 << 20) as usize);
+            stream.write(&rest[..n]).map_err(failed)?;
+            rest = &rest[n..];
         }
+        stream.blocking_flush().map_err(failed)?;
     }
     OutgoingBody::finish(outgoing_body, None).map_err(|e| classify(&e))?;
     Ok(Pending { future })

@@ -4,8 +4,11 @@
 use crate::auth::{AuthConfig, Principal};
 use crate::db::{self, DbFailure};
 use crate::error::ApiError;
-use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::pg4::{self, Connection, ParameterValue, RowSet};
+use futures::SinkExt;
+use serde_json::Value;
+use spin_sdk::http::{Fields, Method, OutgoingResponse, Request, Response, ResponseOutparam};
+use spin_sdk::pg4::{self, Connection, DbValue, ParameterValue, RowSet};
+use std::pin::Pin;
 
 /// Largest JSON body the CRUD routes accept.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -312,5 +315,107 @@ impl RlsTransaction {
     /// never write themselves (`api_usage`). Only after the caller's own statements.
     pub fn become_service_role(&mut self) -> Result<(), ApiError> {
         self.query("select set_config('role', 'service_role', true)", &[]).map(|_| ())
+    }
+}
+
+/// A keyset page from rows of `(row_to_json text, created_at micros, id)`, fetched with
+/// `limit + 1` to learn whether more follow: the JSON text `{"data": [...], "next_cursor", "has_more"}`.
+pub fn page(rows: Vec<Vec<DbValue>>, limit: u32) -> Result<String, ApiError> {
+    let has_more = rows.len() > limit as usize;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last = None;
+    for row in rows.into_iter().take(limit as usize) {
+        match row.as_slice() {
+            [DbValue::Str(json), DbValue::Int64(micros), DbValue::Uuid(id)] => {
+                items.push(json.clone());
+                last = Some((*micros, id.clone()));
+            }
+            _ => return Err(ApiError::internal("unexpected row shape from the database")),
+        }
+    }
+    let next_cursor = match (has_more, last) {
+        (true, Some((micros, id))) => {
+            let id = id.parse().map_err(|_| ApiError::internal("bad id from the database"))?;
+            serde_json::Value::String(crate::pagination::Cursor { created_at_micros: micros, id }.encode())
+        }
+        _ => serde_json::Value::Null,
+    };
+    Ok(format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(",")))
+}
+
+/// The `cursor` query parameter as the two keyset parameters (`created_at` micros, id), both
+/// NULL for the first page.
+pub fn cursor_params(incoming: &Incoming) -> Result<(ParameterValue, ParameterValue), ApiError> {
+    Ok(match incoming.query_param("cursor").filter(|c| !c.is_empty()) {
+        Some(raw) => {
+            let c = crate::pagination::Cursor::decode(&raw)?;
+            (ParameterValue::Int64(c.created_at_micros), ParameterValue::Uuid(c.id.to_string()))
+        }
+        None => (ParameterValue::DbNull, ParameterValue::DbNull),
+    })
+}
+
+/// The response side: sends once, with CORS on everything.
+pub struct Responder {
+    out: Option<ResponseOutparam>,
+    origin: Option<String>,
+    /// Headers every response of this request carries (the rate-limit state once admitted).
+    pub extra: Vec<(String, String)>,
+}
+
+/// A response body being written.
+pub type BodySink = Pin<Box<dyn futures::Sink<Vec<u8>, Error = crate::outbound::StreamError>>>;
+
+impl Responder {
+    /// A responder for `out`; `origin` is echoed in the CORS headers.
+    pub fn new(out: ResponseOutparam, origin: Option<String>) -> Self {
+        Responder { out: Some(out), origin, extra: Vec::new() }
+    }
+
+    /// Sends the head (status, `headers`, CORS, [`Responder::extra`]) and returns the body to
+    /// stream into; `None` if a response was already sent.
+    pub fn start(&mut self, status: u16, headers: &[(&str, String)]) -> Option<BodySink> {
+        let out = self.out.take()?;
+        let mut list: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        for (n, v) in crate::cors::headers(self.origin.as_deref()) {
+            list.push((n.to_owned(), v.into_bytes()));
+        }
+        for (n, v) in &self.extra {
+            if !list.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
+                list.push((n.clone(), v.clone().into_bytes()));
+            }
+        }
+        let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
+        let response = OutgoingResponse::new(fields);
+        let _ = response.set_status_code(status);
+        let body: BodySink = Box::pin(response.take_body());
+        out.set(response);
+        Some(body)
+    }
+
+    /// A whole response.
+    pub async fn send(&mut self, status: u16, headers: &[(&str, String)], body: Vec<u8>) {
+        if let Some(mut sink) = self.start(status, headers) {
+            if !body.is_empty() {
+                let _ = sink.send(body).await;
+            }
+        }
+    }
+
+    /// A JSON response.
+    pub async fn json(&mut self, status: u16, v: &Value, extra: &[(&str, String)]) {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        headers.extend(extra.iter().cloned());
+        self.send(status, &headers, v.to_string().into_bytes()).await
+    }
+
+    /// The error envelope with the error's own headers.
+    pub async fn error(&mut self, e: &ApiError) {
+        let mut headers = vec![("content-type", "application/json".to_owned())];
+        for (n, v) in &e.headers {
+            headers.push((n.as_str(), v.clone()));
+        }
+        self.send(e.status, &headers, e.body()).await
     }
 }

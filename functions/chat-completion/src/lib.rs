@@ -16,12 +16,11 @@ use shared::outbound::{self, SendError, Timeouts};
 use shared::pricing::PriceTable;
 use shared::providers::{self, Provider, StreamItem, StreamTranslator, Usage};
 use shared::ratelimit::Subject;
-use shared::spin::{require_user, variable, Incoming};
+use shared::spin::{require_user, variable, Incoming, Responder};
 use shared::sse;
 use shared::ApiError;
-use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, ResponseOutparam};
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
-use std::pin::Pin;
 use std::time::Duration;
 use store::{Attempt, Persisted};
 
@@ -52,7 +51,7 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         authorization: header("authorization"),
         body: Vec::new(),
     };
-    let mut responder = Responder { out: Some(out), origin, extra: Vec::new() };
+    let mut responder = Responder::new(out, origin);
     if method == Method::Options {
         responder.send(204, &[], Vec::new()).await;
         return;
@@ -74,60 +73,6 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Ok(Some((status, body))) => responder.json(status, &body, &[]).await,
         Ok(None) => {}
         Err(e) => responder.error(&e).await,
-    }
-}
-
-/// The response side: sends once, with CORS on everything.
-struct Responder {
-    out: Option<ResponseOutparam>,
-    origin: Option<String>,
-    /// Headers every response of this request carries (the rate-limit state once admitted).
-    extra: Vec<(String, String)>,
-}
-
-type BodySink = Pin<Box<dyn futures::Sink<Vec<u8>, Error = outbound::StreamError>>>;
-
-impl Responder {
-    fn start(&mut self, status: u16, headers: &[(&str, String)]) -> Option<BodySink> {
-        let out = self.out.take()?;
-        let mut list: Vec<(String, Vec<u8>)> =
-            headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
-        for (n, v) in shared::cors::headers(self.origin.as_deref()) {
-            list.push((n.to_owned(), v.into_bytes()));
-        }
-        for (n, v) in &self.extra {
-            if !list.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
-                list.push((n.clone(), v.clone().into_bytes()));
-            }
-        }
-        let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
-        let response = OutgoingResponse::new(fields);
-        let _ = response.set_status_code(status);
-        let body: BodySink = Box::pin(response.take_body());
-        out.set(response);
-        Some(body)
-    }
-
-    async fn send(&mut self, status: u16, headers: &[(&str, String)], body: Vec<u8>) {
-        if let Some(mut sink) = self.start(status, headers) {
-            if !body.is_empty() {
-                let _ = sink.send(body).await;
-            }
-        }
-    }
-
-    async fn json(&mut self, status: u16, v: &Value, extra: &[(&str, String)]) {
-        let mut headers = vec![("content-type", "application/json".to_owned())];
-        headers.extend(extra.iter().cloned());
-        self.send(status, &headers, v.to_string().into_bytes()).await
-    }
-
-    async fn error(&mut self, e: &ApiError) {
-        let mut headers = vec![("content-type", "application/json".to_owned())];
-        for (n, v) in &e.headers {
-            headers.push((n.as_str(), v.clone()));
-        }
-        self.send(e.status, &headers, e.body()).await
     }
 }
 

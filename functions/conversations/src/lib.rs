@@ -3,13 +3,13 @@
 //! another user is simply not there (404, no existence leak).
 
 use shared::conversations::{CreateConversation, UpdateConversation};
-use shared::pagination::{parse_limit, Cursor};
+use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
-use shared::spin::{json_text, require_user, serve, Incoming, RlsTransaction};
+use shared::spin::{cursor_params, json_text, page, require_user, serve, Incoming, RlsTransaction};
 use shared::ApiError;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
-use spin_sdk::pg4::{DbValue, ParameterValue};
+use spin_sdk::pg4::ParameterValue;
 
 const CONVERSATION_COLUMNS: &str = "id, title, provider, model, temperature, max_tokens, system_prompt, \
      archived_at is not null as archived, archived_at, created_at, updated_at";
@@ -69,42 +69,6 @@ fn text(v: Option<String>) -> ParameterValue {
 }
 
 /// Rows of `(json text, cursor micros, id)` into `{"data": [...], "next_cursor", "has_more"}`.
-fn page(rows: Vec<Vec<DbValue>>, limit: u32) -> Result<Response, ApiError> {
-    let has_more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last = None;
-    for row in rows.into_iter().take(limit as usize) {
-        match row.as_slice() {
-            [DbValue::Str(json), DbValue::Int64(micros), DbValue::Uuid(id)] => {
-                items.push(json.clone());
-                last = Some((*micros, id.clone()));
-            }
-            _ => return Err(ApiError::internal("unexpected row shape from the database")),
-        }
-    }
-    let next_cursor = match (has_more, last) {
-        (true, Some((micros, id))) => {
-            let id = id.parse().map_err(|_| ApiError::internal("bad id from the database"))?;
-            serde_json::Value::String(Cursor { created_at_micros: micros, id }.encode())
-        }
-        _ => serde_json::Value::Null,
-    };
-    Ok(json_text(
-        200,
-        format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(",")),
-    ))
-}
-
-fn cursor_params(incoming: &Incoming) -> Result<(ParameterValue, ParameterValue), ApiError> {
-    Ok(match incoming.query_param("cursor").filter(|c| !c.is_empty()) {
-        Some(raw) => {
-            let c = Cursor::decode(&raw)?;
-            (ParameterValue::Int64(c.created_at_micros), ParameterValue::Uuid(c.id.to_string()))
-        }
-        None => (ParameterValue::DbNull, ParameterValue::DbNull),
-    })
-}
-
 fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
     let limit = parse_limit(incoming.query_param("limit").as_deref())?;
     let archived = match incoming.query_param("archived").as_deref() {
@@ -131,7 +95,7 @@ fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Re
         &sql,
         &[ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id, ParameterValue::Str(archived.into())],
     )?;
-    page(rows.rows, limit)
+    Ok(json_text(200, page(rows.rows, limit)?))
 }
 
 fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
@@ -228,5 +192,5 @@ fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Resu
          order by m.created_at {dir}, m.id {dir}"
     );
     let rows = tx.query(&sql, &[id, ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id])?;
-    page(rows.rows, limit)
+    Ok(json_text(200, page(rows.rows, limit)?))
 }
