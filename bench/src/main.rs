@@ -429,15 +429,131 @@ async fn chat_streams() -> Result<()> {
     Ok(())
 }
 
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A 10 MB upload through `chatedge up` (file-upload: stream, sniff, hash, PUT to storage, row
+/// through RLS) against a direct presigned PUT of the same bytes to the same embedded S3 server;
+/// and the host's peak resident set during one upload.
+async fn uploads() -> Result<()> {
+    const SIZE: usize = 10_000_000;
+    const RUNS: usize = 10;
+    let root = PathBuf::from("/var/tmp/chatedge/bench-s3");
+    let _ = std::fs::remove_dir_all(&root);
+    let s3 = chatedge::s3dev::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
+    let db = chatedge_tests::TestDb::start().await?;
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
+    std::env::set_var("CHATEDGE_BIN", &bin);
+    let host = chatedge_tests::Host::start(
+        &db,
+        &[
+            ("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint),
+            ("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", &s3.endpoint),
+            ("SPIN_VARIABLE_STORAGE_ACCESS_KEY_ID", "bench"),
+            ("SPIN_VARIABLE_STORAGE_SECRET_ACCESS_KEY", "bench-secret"),
+            ("SPIN_VARIABLE_RATELIMIT_UPLOAD", "100000/min:100000"),
+            ("CHATEDGE_LOG", "warn"),
+        ],
+    )
+    .await?;
+    let user = db.user().await?;
+    let pid = host.pid().context("host pid")?;
+    // A PNG signature then pseudo-random bytes: the type check passes, nothing compresses.
+    let mut file = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while file.len() < SIZE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        file.extend_from_slice(&x.to_le_bytes());
+    }
+    file.truncate(SIZE);
+    let body = Bytes::from(file);
+    let storage =
+        shared::storage::StorageConfig::new(&s3.endpoint, None, "uploads", "us-east-1", "bench", "bench-secret", true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let upload = |name: String| {
+        http::Request::post(format!("{}/functions/v1/file-upload", host.base_url))
+            .header("authorization", format!("Bearer {}", user.token))
+            .header("content-type", "image/png")
+            .header("x-file-name", name)
+            .body(Full::new(body.clone()))
+    };
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for i in 0..=RUNS {
+        // Run 0 warms both paths up.
+        let url = storage.put_url(&format!("direct/{i}.png"), Duration::from_secs(300));
+        let t = Instant::now();
+        let res = client.request(http::Request::put(url).body(Full::new(body.clone()))?).await?;
+        let status = res.status();
+        res.into_body().collect().await?;
+        if !status.is_success() {
+            bail!("direct PUT: {status}");
+        }
+        if i > 0 {
+            direct.push(t.elapsed());
+        }
+        let t = Instant::now();
+        let res = client.request(upload(format!("bench-{i}.png"))?).await?;
+        let status = res.status();
+        let text = res.into_body().collect().await?.to_bytes();
+        if status != 201 {
+            bail!("upload through chatedge: {status} {text:?}\n{}", host.log());
+        }
+        if i > 0 {
+            through.push(t.elapsed());
+        }
+    }
+    let rss_before = proc_kib(pid, "VmRSS:");
+    let res = client.request(upload("bench-rss.png".into())?).await?;
+    res.into_body().collect().await?;
+    let hwm_after = proc_kib(pid, "VmHWM:");
+    direct.sort();
+    through.sort();
+    let mbps = |d: Duration| SIZE as f64 / 1e6 / d.as_secs_f64();
+    println!("## 10 MB upload ({RUNS} runs each, loopback, embedded S3 server)");
+    println!("{:<46} {:>10} {:>10}", "path", "p50 ms", "MB/s");
+    let (d, t) = (percentile(&direct, 0.5), percentile(&through, 0.5));
+    println!("{:<46} {:>10} {:>10.0}", "direct presigned PUT to S3 (baseline)", ms(d), mbps(d));
+    println!("{:<46} {:>10} {:>10.0}", "chatedge file-upload (goal >= 200 MB/s)", ms(t), mbps(t));
+    // VmHWM is the process's all-time peak: it exceeds the pre-upload RSS by at least the
+    // upload's own growth (an upper bound if an earlier moment peaked higher).
+    let growth_kib = hwm_after.saturating_sub(rss_before);
+    println!(
+        "host resident set: {:.1} MB before one more upload, peak {:.1} MB: growth <= {:.1} MB = {:.2}x the file (goal < 2x)",
+        rss_before as f64 / 1024.0,
+        hwm_after as f64 / 1024.0,
+        growth_kib as f64 / 1024.0,
+        growth_kib as f64 * 1024.0 / SIZE as f64
+    );
+    println!();
+    drop(s3);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `./dev bench chat` runs the chat section alone.
-    if std::env::args().nth(1).as_deref() == Some("chat") {
-        return chat_streams().await;
+    // `./dev bench chat` / `./dev bench upload` run one section alone.
+    match std::env::args().nth(1).as_deref() {
+        Some("chat") => return chat_streams().await,
+        Some("upload") => return uploads().await,
+        _ => {}
     }
     let baseline = plain_hyper().await?;
     let (_child, host) = chatedge_up().await?;
@@ -467,6 +583,7 @@ async fn main() -> Result<()> {
     }
     println!();
     chat_streams().await?;
+    uploads().await?;
     let (p50, p99, n) = instantiation().await?;
     println!("## Per-request instantiation (fresh Store + instance of the health component, pooling allocator)");
     println!(

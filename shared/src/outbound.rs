@@ -101,6 +101,22 @@ fn classify(code: &ErrorCode) -> SendError {
     }
 }
 
+/// The next piece (at most `max` bytes) of any WASI input stream, e.g. an incoming request's
+/// body: `None` at its end. spin-sdk's own body stream reads 16 KiB at a time; large uploads
+/// want fewer, bigger reads.
+pub async fn read_chunk(stream: &InputStream, max: u64) -> Option<Result<Vec<u8>, String>> {
+    poll_fn(|cx| match stream.read(max) {
+        Ok(bytes) if bytes.is_empty() => {
+            spin_executor::push_waker(stream.subscribe(), cx.waker().clone());
+            Poll::Pending
+        }
+        Ok(bytes) => Poll::Ready(Some(Ok(bytes))),
+        Err(StreamError::Closed) => Poll::Ready(None),
+        Err(StreamError::LastOperationFailed(e)) => Poll::Ready(Some(Err(e.to_debug_string()))),
+    })
+    .await
+}
+
 /// A response whose body is read incrementally. Dropping it closes the upstream connection.
 pub struct Response {
     /// HTTP status.
@@ -129,17 +145,7 @@ impl Response {
     /// The next piece of the body; `None` at its end, `Err` when the connection failed or went
     /// silent past the between-bytes timeout.
     pub async fn chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
-        let stream = self.stream.as_ref()?;
-        poll_fn(|cx| match stream.read(64 * 1024) {
-            Ok(bytes) if bytes.is_empty() => {
-                spin_executor::push_waker(stream.subscribe(), cx.waker().clone());
-                Poll::Pending
-            }
-            Ok(bytes) => Poll::Ready(Some(Ok(bytes))),
-            Err(StreamError::Closed) => Poll::Ready(None),
-            Err(StreamError::LastOperationFailed(e)) => Poll::Ready(Some(Err(e.to_debug_string()))),
-        })
-        .await
+        read_chunk(self.stream.as_ref()?, 64 * 1024).await
     }
 
     /// The rest of the body, up to `limit` bytes (more is cut off).
@@ -155,6 +161,48 @@ impl Response {
         }
         Ok(out)
     }
+}
+
+/// Builds the request, hands it to the host and returns its response future and body.
+fn prepare(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    t: Timeouts,
+) -> Result<(wasi::http::types::FutureIncomingResponse, OutgoingBody), SendError> {
+    let uri: http::Uri = url.parse().map_err(|e| SendError::Other(format!("bad URL {url}: {e}")))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => return Err(SendError::Other(format!("URL scheme must be http or https: {url}"))),
+    };
+    let authority = uri.authority().ok_or_else(|| SendError::Other(format!("URL has no host: {url}")))?;
+    let entries: Vec<(String, Vec<u8>)> = headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())).collect();
+    let fields = Fields::from_list(&entries).map_err(|e| SendError::Other(format!("bad header: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let bad = |what: &str| SendError::Other(format!("could not set {what}"));
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "HEAD" => Method::Head,
+        "PATCH" => Method::Patch,
+        other => Method::Other(other.to_owned()),
+    };
+    request.set_method(&method).map_err(|()| bad("method"))?;
+    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
+    request.set_authority(Some(authority.as_str())).map_err(|()| bad("authority"))?;
+    request.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(|()| bad("path"))?;
+    let outgoing_body = request.body().map_err(|()| bad("body"))?;
+    let options = RequestOptions::new();
+    let ns = |d: Duration| Some(d.as_nanos().min(u64::MAX as u128) as u64);
+    // A host that does not support an option refuses to set it; the attempt still runs.
+    let _ = options.set_connect_timeout(ns(t.connect));
+    let _ = options.set_first_byte_timeout(ns(t.first_byte));
+    let _ = options.set_between_bytes_timeout(ns(t.between_bytes));
+    let future = outgoing_handler::handle(request, Some(options)).map_err(|e| classify(&e))?;
+    Ok((future, outgoing_body))
 }
 
 /// A request on its way: sent, its response not yet awaited. Dropping it abandons the request
@@ -193,57 +241,109 @@ pub fn start_with(
     body: &[u8],
     t: Timeouts,
 ) -> Result<Pending, SendError> {
-    let uri: http::Uri = url.parse().map_err(|e| SendError::Other(format!("bad URL {url}: {e}")))?;
-    let scheme = match uri.scheme_str() {
-        Some("https") => Scheme::Https,
-        Some("http") => Scheme::Http,
-        _ => return Err(SendError::Other(format!("URL scheme must be http or https: {url}"))),
-    };
-    let authority = uri.authority().ok_or_else(|| SendError::Other(format!("URL has no host: {url}")))?;
-    let entries: Vec<(String, Vec<u8>)> = headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())).collect();
-    let fields = Fields::from_list(&entries).map_err(|e| SendError::Other(format!("bad header: {e:?}")))?;
-    let request = OutgoingRequest::new(fields);
+    let (future, outgoing_body) = prepare(method, url, headers, t)?;
     let bad = |what: &str| SendError::Other(format!("could not set {what}"));
-    let method = match method {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "HEAD" => Method::Head,
-        "PATCH" => Method::Patch,
-        other => Method::Other(other.to_owned()),
-    };
-    request.set_method(&method).map_err(|()| bad("method"))?;
-    request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
-    request.set_authority(Some(authority.as_str())).map_err(|()| bad("authority"))?;
-    request.set_path_with_query(uri.path_and_query().map(|p| p.as_str())).map_err(|()| bad("path"))?;
-    let outgoing_body = request.body().map_err(|()| bad("body"))?;
-    let options = RequestOptions::new();
-    let ns = |d: Duration| Some(d.as_nanos().min(u64::MAX as u128) as u64);
-    // A host that does not support an option refuses to set it; the attempt still runs.
-    let _ = options.set_connect_timeout(ns(t.connect));
-    let _ = options.set_first_byte_timeout(ns(t.first_byte));
-    let _ = options.set_between_bytes_timeout(ns(t.between_bytes));
-    let future = outgoing_handler::handle(request, Some(options)).map_err(|e| classify(&e))?;
     {
-        // As much per write as the host will take, waiting on its pollable when it is full.
+        // As much per write as the host will take, waiting on its pollable when it is full. A
+        // server may answer (and stop reading) before the body is through: then the response
+        // says why, so it is returned rather than the write error.
         let stream = outgoing_body.write().map_err(|()| bad("body stream"))?;
-        let failed = |e: StreamError| SendError::Connect(format!("writing body: {e:?}"));
         let mut rest = body;
+        let mut complete = true;
         while !rest.is_empty() {
-            let permit = stream.check_write().map_err(failed)?;
+            let permit = match stream.check_write() {
+                Ok(p) => p,
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            };
             if permit == 0 {
                 stream.subscribe().block();
                 continue;
             }
             let n = rest.len().min(permit.min(1 << 20) as usize);
-            stream.write(&rest[..n]).map_err(failed)?;
+            if stream.write(&rest[..n]).is_err() {
+                complete = false;
+                break;
+            }
             rest = &rest[n..];
         }
-        stream.blocking_flush().map_err(failed)?;
+        // With a content-length the host closes the stream once it has every byte.
+        if complete && matches!(stream.blocking_flush(), Err(StreamError::LastOperationFailed(_))) {
+            complete = false;
+        }
+        if !complete {
+            return Ok(Pending { future });
+        }
     }
     OutgoingBody::finish(outgoing_body, None).map_err(|e| classify(&e))?;
     Ok(Pending { future })
+}
+
+/// The body of a request being streamed out; [`BodyWriter::finish`] completes it, dropping it
+/// unfinished makes the request fail (an upload that must not land).
+pub struct BodyWriter {
+    stream: Option<wasi::io::streams::OutputStream>,
+    body: Option<OutgoingBody>,
+}
+
+impl BodyWriter {
+    /// Writes all of `data`, waiting (without blocking other futures) while the host is full.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), SendError> {
+        let stream = self.stream.as_ref().ok_or_else(|| SendError::Other("body already finished".into()))?;
+        let failed = |e: StreamError| SendError::Connect(format!("writing body: {e:?}"));
+        while !data.is_empty() {
+            let permit = poll_fn(|cx| match stream.check_write() {
+                Ok(0) => {
+                    spin_executor::push_waker(stream.subscribe(), cx.waker().clone());
+                    Poll::Pending
+                }
+                other => Poll::Ready(other),
+            })
+            .await
+            .map_err(failed)?;
+            let n = data.len().min(permit.min(1 << 20) as usize);
+            stream.write(&data[..n]).map_err(failed)?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Flushes and completes the body.
+    pub fn finish(mut self) -> Result<(), SendError> {
+        if let Some(stream) = self.stream.take() {
+            match stream.blocking_flush() {
+                // With a content-length the host closes the stream once it has every byte.
+                Ok(()) | Err(StreamError::Closed) => {}
+                Err(e) => return Err(SendError::Connect(format!("flushing body: {e:?}"))),
+            }
+        }
+        match self.body.take() {
+            Some(body) => OutgoingBody::finish(body, None).map_err(|e| classify(&e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        drop(self.body.take()); // unfinished: the host abandons the request
+    }
+}
+
+/// Starts `method` to `url` with a body written afterwards through the returned writer (for
+/// bodies that should not sit in memory whole; give `content-length` in `headers`).
+pub fn start_streaming(
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    t: Timeouts,
+) -> Result<(Pending, BodyWriter), SendError> {
+    let (future, outgoing_body) = prepare(method, url, headers, t)?;
+    let stream = outgoing_body.write().map_err(|()| SendError::Other("could not open the body".into()))?;
+    Ok((Pending { future }, BodyWriter { stream: Some(stream), body: Some(outgoing_body) }))
 }
 
 impl Pending {

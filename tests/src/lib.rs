@@ -210,6 +210,11 @@ impl Host {
         Ok(Host { child, base_url, client, log })
     }
 
+    /// The host process id (for resource measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// What the host logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()

@@ -131,7 +131,10 @@ struct Received {
     display_name: String,
     safe_name: String,
     mime: String,
+    /// The content, unless it was streamed to storage already.
     bytes: Vec<u8>,
+    size: usize,
+    stored: bool,
     sha256: String,
     id: String,
     key: String,
@@ -142,6 +145,7 @@ fn validate(
     name: &str,
     declared: Option<&str>,
     bytes: Vec<u8>,
+    sha256: Option<String>,
     allowed: &[String],
 ) -> Result<Received, ApiError> {
     if bytes.is_empty() {
@@ -149,10 +153,10 @@ fn validate(
     }
     let (safe_name, display_name) = upload::sanitize_name(name)?;
     let mime = upload::check_type(declared, &bytes, allowed)?;
-    let sha256 = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = sha256.unwrap_or_else(|| hex(&sha2::Sha256::digest(&bytes)));
     let id = uuid::Uuid::new_v4().to_string();
     let key = upload::storage_key(user_id, &id, &safe_name);
-    Ok(Received { display_name, safe_name, mime, bytes, sha256, id, key })
+    Ok(Received { display_name, safe_name, mime, size: bytes.len(), bytes, stored: false, sha256, id, key })
 }
 
 async fn upload(
@@ -171,9 +175,8 @@ async fn upload(
         return Err(ApiError::payload_too_large(cap));
     }
     let allowed = upload::allowed_types(var("upload_allowed_types").as_deref());
-    let stream = req.into_body_stream();
     let (files, conversation_id) = if multipart {
-        read_multipart(stream, &content_type, cap, limit, &user_id, &allowed).await?
+        read_multipart(req.into_body_stream(), &content_type, cap, limit, &user_id, &allowed).await?
     } else {
         let name = headers.file_name.ok_or_else(|| {
             ApiError::bad_request(
@@ -181,9 +184,19 @@ async fn upload(
                 "a raw upload needs an x-file-name header (or send multipart/form-data)",
             )
         })?;
-        let bytes = read_capped(stream, cap).await?;
         let declared = Some(content_type.as_str()).filter(|c| !c.is_empty());
-        (vec![validate(&user_id, &name, declared, bytes, &allowed)?], None)
+        match headers.content_length.filter(|n| *n > 0) {
+            // Length known: straight through to storage, never whole in memory.
+            Some(len) => {
+                let storage = storage()?;
+                (vec![stream_raw(req, &storage, &user_id, &name, declared, len as usize, &allowed).await?], None)
+            }
+            // Chunked: buffered up to the cap (S3 wants the length before the body).
+            None => {
+                let (bytes, digest) = read_capped(req, cap).await?;
+                (vec![validate(&user_id, &name, declared, bytes, Some(digest), &allowed)?], None)
+            }
+        }
     };
     let storage = storage()?;
     store_all(&storage, &files).await?;
@@ -197,23 +210,123 @@ async fn upload(
     }
 }
 
-/// Reads a raw body, stopping the moment it passes `cap` (a lying Content-Length or a chunked
-/// body cannot push more through).
-async fn read_capped<E>(
-    stream: impl futures::Stream<Item = Result<Vec<u8>, E>>,
-    cap: usize,
-) -> Result<Vec<u8>, ApiError> {
-    let mut stream = std::pin::pin!(stream);
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::bad_request("body_read_failed", "the request body could not be read"))?;
-        if body.len() + chunk.len() > cap {
+/// Bytes read before deciding the type (magic numbers, and whether text is UTF-8).
+const SNIFF_BYTES: usize = 8192;
+
+/// A raw upload of known length piped straight into a streaming PUT: the first bytes decide
+/// the type, the rest is hashed and forwarded as it arrives, so memory holds one chunk. A body
+/// that ends early or a storage failure abandons the PUT (no object is created).
+async fn stream_raw(
+    req: IncomingRequest,
+    storage: &StorageConfig,
+    user_id: &str,
+    name: &str,
+    declared: Option<&str>,
+    len: usize,
+    allowed: &[String],
+) -> Result<Received, ApiError> {
+    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let body = req.consume().map_err(|()| unreadable())?;
+    let stream = body.stream().map_err(|()| unreadable())?;
+    let mut head = Vec::with_capacity(SNIFF_BYTES.min(len));
+    while head.len() < SNIFF_BYTES.min(len) {
+        match outbound::read_chunk(&stream, 1 << 20).await {
+            None => break,
+            Some(Err(_)) => return Err(unreadable()),
+            Some(Ok(c)) => head.extend_from_slice(&c),
+        }
+    }
+    if head.is_empty() {
+        return Err(ApiError::bad_request("empty_file", format!("'{name}' is empty")));
+    }
+    let (safe_name, display_name) = upload::sanitize_name(name)?;
+    let mime = upload::check_type(declared, &head, allowed)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let key = upload::storage_key(user_id, &id, &safe_name);
+    let put_headers = vec![("content-type".to_owned(), mime.clone()), ("content-length".to_owned(), len.to_string())];
+    let (pending, mut writer) =
+        outbound::start_streaming("PUT", &storage.put_url(&key, INTERNAL_URL_TTL), &put_headers, timeouts())
+            .map_err(|_| storage_unavailable("unreachable"))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut total = head.len();
+    hasher.update(&head);
+    if let Err(e) = writer.write(&head).await {
+        eprintln!("file-upload: streaming PUT {key}, first bytes: {e:?}");
+        return Err(storage_unavailable("write failed"));
+    }
+    drop(head);
+    while let Some(chunk) = outbound::read_chunk(&stream, 1 << 20).await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        total += chunk.len();
+        if total > len {
+            return Err(ApiError::bad_request("body_read_failed", "the body is longer than its Content-Length"));
+        }
+        hasher.update(&chunk);
+        if let Err(e) = writer.write(&chunk).await {
+            eprintln!("file-upload: streaming PUT {key} after {total} bytes: {e:?}");
+            drop(writer);
+            if let Ok(r) = pending.response().await {
+                eprintln!("file-upload: storage answered {}", r.status);
+            }
+            return Err(storage_unavailable("write failed"));
+        }
+    }
+    if total != len {
+        return Err(ApiError::bad_request("body_read_failed", "the body ended before its Content-Length"));
+    }
+    if let Err(e) = writer.finish() {
+        eprintln!("file-upload: streaming PUT {key}, finishing: {e:?}");
+        return Err(storage_unavailable("write failed"));
+    }
+    match pending.response().await {
+        Ok(mut r) if (200..300).contains(&r.status) => {
+            let _ = r.read_to_end(64 * 1024).await;
+        }
+        Ok(r) => {
+            eprintln!("file-upload: streaming PUT {key} -> {}", r.status);
+            return Err(storage_unavailable(&format!("HTTP {}", r.status)));
+        }
+        Err(e) => {
+            eprintln!("file-upload: streaming PUT {key}: {e:?}");
+            return Err(storage_unavailable("unreachable"));
+        }
+    }
+    Ok(Received {
+        display_name,
+        safe_name,
+        mime,
+        bytes: Vec::new(),
+        size: total,
+        stored: true,
+        sha256: hex(&hasher.finalize()),
+        id,
+        key,
+    })
+}
+
+/// Reads a raw body of unknown length, stopping the moment it passes `cap` (a chunked body
+/// cannot push more through), hashing it as it arrives. Reads up to 1 MiB at a time.
+async fn read_capped(req: IncomingRequest, cap: usize) -> Result<(Vec<u8>, String), ApiError> {
+    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let body = req.consume().map_err(|()| unreadable())?;
+    let stream = body.stream().map_err(|()| unreadable())?;
+    let mut bytes = Vec::new();
+    let mut hasher = sha2::Sha256::new();
+    while let Some(chunk) = outbound::read_chunk(&stream, 1 << 20).await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if bytes.len() + chunk.len() > cap {
             return Err(ApiError::payload_too_large(cap));
         }
-        body.extend_from_slice(&chunk);
+        hasher.update(&chunk);
+        bytes.extend_from_slice(&chunk);
     }
-    Ok(body)
+    drop(stream);
+    drop(body);
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The error multer yields when our byte counter stops the stream.
@@ -297,7 +410,7 @@ async fn parse_parts(
                         format!("at most {MAX_FILES} files per request"),
                     ));
                 }
-                files.push(validate(user_id, &file_name, declared.as_deref(), bytes, allowed)?);
+                files.push(validate(user_id, &file_name, declared.as_deref(), bytes, None, allowed)?);
             }
             None if name == "conversation_id" => {
                 let text = String::from_utf8(bytes).unwrap_or_default().trim().to_ascii_lowercase();
@@ -316,7 +429,7 @@ async fn parse_parts(
 }
 
 async fn store_all(storage: &StorageConfig, files: &[Received]) -> Result<(), ApiError> {
-    for (i, f) in files.iter().enumerate() {
+    for (i, f) in files.iter().enumerate().filter(|(_, f)| !f.stored) {
         let url = storage.put_url(&f.key, INTERNAL_URL_TTL);
         let headers =
             vec![("content-type".to_owned(), f.mime.clone()), ("content-length".to_owned(), f.bytes.len().to_string())];
@@ -387,7 +500,7 @@ fn write_rows(
                     ParameterValue::Str(f.display_name.clone()),
                     ParameterValue::Str(f.key.clone()),
                     ParameterValue::Str(f.mime.clone()),
-                    ParameterValue::Int64(f.bytes.len() as i64),
+                    ParameterValue::Int64(f.size as i64),
                     ParameterValue::Str(f.sha256.clone()),
                 ],
             )?
