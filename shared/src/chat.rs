@@ -3,6 +3,7 @@
 //! upstream context, and mapping upstream failures to the error envelope.
 
 use crate::error::ApiError;
+use crate::is_uuid;
 use crate::providers::Provider;
 use crate::retry::RetryPolicy;
 use serde_json::{json, Map, Value};
@@ -71,15 +72,6 @@ fn parse_json(body: &[u8], max: usize) -> Result<Map<String, Value>, ApiError> {
         Ok(_) => Err(invalid("the body must be a JSON object")),
         Err(e) => Err(ApiError::bad_request("invalid_json", format!("request body: {e}"))),
     }
-}
-
-/// Whether `s` is a UUID in canonical text form.
-pub fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
 }
 
 fn text_of(content: &Value) -> Option<String> {

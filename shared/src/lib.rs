@@ -26,3 +26,13 @@ pub mod storage;
 pub mod upload;
 
 pub use error::ApiError;
+
+/// Whether `s` is a UUID in canonical text form (ids in paths and bodies; anything else names
+/// nothing, so callers answer 404 or 400 without asking the database).
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}

@@ -49,19 +49,11 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
 
 /// Path ids that are not UUIDs cannot name anything: the same 404 as a missing row.
 fn conversation_id(raw: &str) -> Result<ParameterValue, ApiError> {
-    if is_uuid(raw) {
+    if shared::is_uuid(raw) {
         Ok(ParameterValue::Uuid(raw.to_ascii_lowercase()))
     } else {
         Err(ApiError::not_found("conversation"))
     }
-}
-
-fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        })
 }
 
 fn text(v: Option<String>) -> ParameterValue {

@@ -414,7 +414,7 @@ async fn parse_parts(
             }
             None if name == "conversation_id" => {
                 let text = String::from_utf8(bytes).unwrap_or_default().trim().to_ascii_lowercase();
-                if !shared::chat::is_uuid(&text) {
+                if !shared::is_uuid(&text) {
                     return Err(ApiError::bad_request("validation_failed", "conversation_id must be a UUID"));
                 }
                 conversation_id = Some(text);
@@ -514,7 +514,7 @@ fn write_rows(
 }
 
 fn file_id(raw: &str) -> Result<ParameterValue, ApiError> {
-    if shared::chat::is_uuid(raw) {
+    if shared::is_uuid(raw) {
         Ok(ParameterValue::Uuid(raw.to_ascii_lowercase()))
     } else {
         Err(ApiError::not_found("file"))
