@@ -84,6 +84,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
 }
 
+/// One keep-alive HTTP/1 connection to `authority`, driven in the background.
+async fn keep_alive<B>(authority: &str) -> Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// `concurrency` keep-alive connections issuing GETs back to back.
 async fn load(url: &str, concurrency: usize) -> Result<Stats> {
     let uri: http::Uri = url.parse()?;
@@ -96,11 +110,7 @@ async fn load(url: &str, concurrency: usize) -> Result<Stats> {
         let uri = uri.clone();
         let authority = authority.clone();
         workers.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut sender = keep_alive(authority.as_str()).await?;
             let mut latencies = Vec::with_capacity(per_worker);
             for _ in 0..per_worker {
                 if Instant::now() > deadline {
@@ -294,11 +304,7 @@ async fn stream_load(
         let (uri, authority, payload) = (uri.clone(), authority.clone(), payload.clone());
         let token = token.map(str::to_owned);
         workers.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut sender = keep_alive(authority.as_str()).await?;
             let mut times = Vec::new();
             for _ in 0..total / concurrency {
                 if Instant::now() > deadline {

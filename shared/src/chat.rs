@@ -59,6 +59,28 @@ pub struct ChatRequest {
     pub passthrough: Map<String, Value>,
 }
 
+impl ChatRequest {
+    /// Nothing asked for yet, with the route's defaults: the native route streams and
+    /// persists, the OpenAI one does neither unless asked.
+    fn empty(dialect: Dialect) -> Self {
+        let native = dialect == Dialect::Native;
+        ChatRequest {
+            dialect,
+            conversation_id: None,
+            persist: native,
+            user_text: String::new(),
+            client_messages: None,
+            provider: None,
+            model: None,
+            temperature: None,
+            max_tokens: None,
+            system_prompt: None,
+            stream: native,
+            passthrough: Map::new(),
+        }
+    }
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("validation_failed", message)
 }
@@ -221,20 +243,7 @@ pub fn parse_native(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiErro
     if let Some(k) = m.keys().find(|k| !NATIVE_KEYS.contains(&k.as_str())) {
         return Err(invalid(format!("unknown field '{k}'")));
     }
-    let mut req = ChatRequest {
-        dialect: Dialect::Native,
-        conversation_id: None,
-        persist: true,
-        user_text: String::new(),
-        client_messages: None,
-        provider: None,
-        model: None,
-        temperature: None,
-        max_tokens: None,
-        system_prompt: None,
-        stream: true,
-        passthrough: Map::new(),
-    };
+    let mut req = ChatRequest::empty(Dialect::Native);
     common_fields(&m, &mut req)?;
     match (m.get("message"), m.get("messages")) {
         (Some(Value::String(s)), None) => {
@@ -269,20 +278,7 @@ pub fn parse_native(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiErro
 /// `store: true` persists the exchange.
 pub fn parse_openai(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiError> {
     let m = parse_json(body, max_body)?;
-    let mut req = ChatRequest {
-        dialect: Dialect::OpenAi,
-        conversation_id: None,
-        persist: false,
-        user_text: String::new(),
-        client_messages: None,
-        provider: None,
-        model: None,
-        temperature: None,
-        max_tokens: None,
-        system_prompt: None,
-        stream: false,
-        passthrough: Map::new(),
-    };
+    let mut req = ChatRequest::empty(Dialect::OpenAi);
     common_fields(&m, &mut req)?;
     if req.model.is_none() {
         return Err(invalid("model is required"));

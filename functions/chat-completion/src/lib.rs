@@ -221,13 +221,14 @@ async fn chat_route(
     // cap) on the dearest target; settled with the real usage, released on failure. With a
     // conversation the reservation joins its open transaction (one pooled connection per
     // request), and counts once that commits.
+    let upstreams: Vec<Upstream> = targets.iter().map(|t| upstream_for(&request, t, &messages)).collect();
     let mut reserved = None;
     let mut budget_hold = None;
     if let Some(caps) = caps {
         let max_out = request.max_tokens.unwrap_or(0);
         let (mut tokens, mut usd) = (0u64, 0f64);
-        for target in &targets {
-            let bound = upstream_for(&request, target, &messages).2.len() as u64;
+        for (target, upstream) in targets.iter().zip(&upstreams) {
+            let bound = upstream.payload.len() as u64;
             let usage = Usage { prompt_tokens: bound, completion_tokens: max_out, cached_tokens: 0 };
             tokens = tokens.max(bound + max_out);
             usd = usd.max(prices.cost_usd(&target.model, usage));
@@ -252,29 +253,21 @@ async fn chat_route(
     // The first attempt starts now and the commit of the user's message overlaps it; nothing
     // the provider says is read, let alone forwarded, before that message is durable. If the
     // commit fails the started request is dropped, which closes it.
-    let (url, headers, payload) = upstream_for(&request, &targets[0], &messages);
-    let first_attempt = (outbound::now_ns(), outbound::start(&url, &headers, &payload, call.timeouts(&resilience)));
+    let first = &upstreams[0];
+    let first_attempt =
+        (outbound::now_ns(), outbound::start(&first.url, &first.headers, &first.payload, call.timeouts(&resilience)));
     if let Some(open) = open {
         let first = &targets[0];
         call.persisted = Some(open.store_messages(&request, first.config.provider, &first.model)?);
         call.budget = reserved.map(budget::Reserved::committed);
     }
 
-    let connected = connect(&mut call, &request, &targets, &messages, &resilience, Some(first_attempt)).await;
+    let connected = connect(&mut call, &targets, &upstreams, &resilience, Some(first_attempt)).await;
     let (target, response) = match connected {
         Ok(v) => v,
         Err((provider, failure)) => {
             let error = failure.to_api_error(provider);
-            call.finish(Outcome {
-                status: "error",
-                text: String::new(),
-                tool_calls: Vec::new(),
-                provider,
-                model: targets[0].model.clone(),
-                usage: None,
-                error: Some(error.message.clone()),
-                ttft_ms: None,
-            });
+            call.finish(Outcome::failed(provider, &targets[0].model, &error.message));
             return Err(call.label_error(error));
         }
     };
@@ -310,6 +303,22 @@ struct Outcome {
     usage: Option<Usage>,
     error: Option<String>,
     ttft_ms: Option<i64>,
+}
+
+impl Outcome {
+    /// A call that produced nothing: no text, no usage.
+    fn failed(provider: Provider, model: &str, message: &str) -> Self {
+        Outcome {
+            status: "error",
+            text: String::new(),
+            tool_calls: Vec::new(),
+            provider,
+            model: model.to_owned(),
+            usage: None,
+            error: Some(message.to_owned()),
+            ttft_ms: None,
+        }
+    }
 }
 
 impl Call {
@@ -432,12 +441,16 @@ impl Call {
     }
 }
 
-/// The upstream URL, headers (the key among them) and body for `target`.
-fn upstream_for(
-    request: &ChatRequest,
-    target: &Target,
-    messages: &[Value],
-) -> (String, Vec<(String, String)>, Vec<u8>) {
+/// One target's request, serialized once and reused by every attempt (and the budget bound).
+struct Upstream {
+    url: String,
+    /// The API key is among these: never logged.
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+}
+
+/// The upstream request for `target`.
+fn upstream_for(request: &ChatRequest, target: &Target, messages: &[Value]) -> Upstream {
     let body = chat::openai_body(request, &target.model, messages.to_vec());
     let upstream = providers::upstream_request(
         target.config.provider,
@@ -446,22 +459,20 @@ fn upstream_for(
         &body,
         request.stream,
     );
-    (upstream.url, upstream.headers, upstream.body.to_string().into_bytes())
+    Upstream { url: upstream.url, headers: upstream.headers, payload: upstream.body.to_string().into_bytes() }
 }
 
 /// Tries each target with retries until one answers 2xx, beginning with the attempt already
 /// `started`, if any. On failure returns the provider whose failure the client should hear about.
 async fn connect<'t>(
     call: &mut Call,
-    request: &ChatRequest,
     targets: &'t [Target],
-    messages: &[Value],
+    upstreams: &[Upstream],
     resilience: &Resilience,
     mut started: Option<(u64, Result<outbound::Pending, SendError>)>,
 ) -> Result<(&'t Target, outbound::Response), (Provider, CallFailure)> {
     let mut last: Option<(Provider, CallFailure)> = None;
-    'targets: for target in targets {
-        let (url, headers, payload) = upstream_for(request, target, messages);
+    'targets: for (target, upstream) in targets.iter().zip(upstreams) {
         for attempt in 0..resilience.retry.max_attempts {
             let remaining = call.remaining();
             if remaining.is_zero() {
@@ -473,7 +484,11 @@ async fn connect<'t>(
                 Some((at, Err(e))) => (at, Err(e)),
                 None => {
                     let at = outbound::now_ns();
-                    (at, outbound::post(&url, &headers, &payload, call.timeouts(resilience)).await)
+                    (
+                        at,
+                        outbound::post(&upstream.url, &upstream.headers, &upstream.payload, call.timeouts(resilience))
+                            .await,
+                    )
                 }
             };
             let failure = match sent {
@@ -538,16 +553,7 @@ async fn whole_reply(
         Ok(b) => b,
         Err(e) => {
             let error = CallFailure::Timeout(e).to_api_error(provider);
-            call.finish(Outcome {
-                status: "error",
-                text: String::new(),
-                tool_calls: Vec::new(),
-                provider,
-                model: target.model.clone(),
-                usage: None,
-                error: Some(error.message.clone()),
-                ttft_ms: None,
-            });
+            call.finish(Outcome::failed(provider, &target.model, &error.message));
             return Err(call.label_error(error));
         }
     };
@@ -576,16 +582,7 @@ async fn whole_reply(
         Err(e) => {
             let error = ApiError::new(502, "provider_error", format!("{}: {}", provider.name(), e.message))
                 .with_detail("provider", provider.name());
-            call.finish(Outcome {
-                status: "error",
-                text: String::new(),
-                tool_calls: Vec::new(),
-                provider,
-                model: target.model.clone(),
-                usage: None,
-                error: Some(error.message.clone()),
-                ttft_ms: None,
-            });
+            call.finish(Outcome::failed(provider, &target.model, &error.message));
             Err(call.label_error(error))
         }
     }
