@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod retry;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
+pub mod signing;
 pub mod sse;
 pub mod storage;
 pub mod upload;

