@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod router;
 pub mod runtime;
 pub mod s3dev;
+pub mod sandbox;
 pub mod server;
 pub mod tokens;
 pub mod variables;

@@ -88,6 +88,8 @@ struct DevStack {
     generated_jwt: bool,
     /// The embedded S3 server, when the dev stack started one.
     s3: Option<chatedge::s3dev::S3Dev>,
+    /// The in-process sandbox's URL, when the dev stack started one.
+    sandbox: Option<String>,
 }
 
 async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Result<DevStack> {
@@ -109,8 +111,17 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
         providers.dev.insert("storage_secret_access_key".into(), secret);
         s3 = Some(server);
     }
+    let mut sandbox = None;
+    if declares("sandbox_url") && !providers.provides("sandbox_url") {
+        let secret = devstack::random_hex(32);
+        let url = chatedge::sandbox::start_in_process(&manifest.dir, "127.0.0.1:0", &secret).await?;
+        providers.dev.insert("sandbox_url".into(), url.clone());
+        providers.dev.insert("sandbox_allowed_host".into(), url.clone());
+        providers.dev.insert("sandbox_secret".into(), secret);
+        sandbox = Some(url);
+    }
     if !need_db && !generated_jwt {
-        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3 });
+        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3, sandbox });
     }
     let secrets = DevSecrets::load_or_create(&state_dir)?;
     let mut cluster = None;
@@ -135,7 +146,7 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
     if generated_jwt {
         providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
     }
-    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3 })
+    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3, sandbox })
 }
 
 fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
@@ -159,6 +170,9 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
         }
         if let Some(s3) = &dev.s3 {
             writeln!(out, "  Storage (S3):      {} (objects under .chatedge/s3)", s3.endpoint)?;
+        }
+        if let Some(url) = &dev.sandbox {
+            writeln!(out, "  Code sandbox:      {url} (in-process, signed requests)")?;
         }
         writeln!(out, "  JWT secret:        {}", secrets.jwt_secret)?;
         writeln!(out, "  anon key:          {anon}")?;

@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     config.python_wheel = cli.python_wheel;
     config.javascript_wasm = cli.js_wasm;
     let sandbox = Sandbox::load(&config)?;
+    let loader = sandbox::serve::Loader::ready(sandbox.clone(), config);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Prepare => {
@@ -80,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            sandbox::serve::serve(listener, sandbox, secret.into_bytes(), shutdown).await
+            sandbox::serve::serve(listener, loader, secret.into_bytes(), shutdown).await
         }),
     }
 }

@@ -16,7 +16,10 @@ use shared::signing;
 use shared::ApiError;
 use tokio::net::TcpListener;
 
-use crate::{Language, LimitsRequest, Sandbox, SandboxError};
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+use crate::{Config, Language, LimitsRequest, Sandbox, SandboxError};
 
 /// The body of `POST /v1/execute`.
 #[derive(Debug, Deserialize)]
@@ -43,10 +46,56 @@ pub struct ExecuteRequest {
     pub output_bytes: Option<u64>,
 }
 
-/// Serves `sandbox` on `listener`, requiring requests signed with `secret`, until `shutdown`.
+/// A sandbox to serve: loaded already, or loaded on first use (or at once in the background,
+/// with [`Loader::warm`]), so a host that embeds it pays nothing until code runs.
+#[derive(Clone)]
+pub struct Loader {
+    config: Arc<Config>,
+    cell: Arc<OnceCell<Result<Sandbox, String>>>,
+}
+
+impl Loader {
+    /// A loader for `config`; nothing happens until [`Loader::get`] or [`Loader::warm`].
+    pub fn new(config: Config) -> Self {
+        Loader { config: Arc::new(config), cell: Arc::new(OnceCell::new()) }
+    }
+
+    /// A loader around an already loaded sandbox.
+    pub fn ready(sandbox: Sandbox, config: Config) -> Self {
+        Loader { config: Arc::new(config), cell: Arc::new(OnceCell::new_with(Some(Ok(sandbox)))) }
+    }
+
+    /// Starts loading now, in the background.
+    pub fn warm(&self) {
+        let loader = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = loader.get().await {
+                tracing::error!("sandbox failed to load: {e}");
+            }
+        });
+    }
+
+    /// The sandbox, loading it (once, on a blocking thread) if needed; concurrent callers wait
+    /// for the same load.
+    pub async fn get(&self) -> Result<Sandbox, String> {
+        let config = self.config.clone();
+        self.cell
+            .get_or_init(|| async move {
+                match tokio::task::spawn_blocking(move || Sandbox::load(&config)).await {
+                    Ok(Ok(sandbox)) => Ok(sandbox),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(e) => Err(format!("the loader panicked: {e}")),
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// Serves the sandbox on `listener`, requiring requests signed with `secret`, until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    sandbox: Sandbox,
+    sandbox: Loader,
     secret: Vec<u8>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -84,8 +133,15 @@ pub async fn serve(
     }
 }
 
-async fn handle(sandbox: &Sandbox, secret: &[u8], req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match route(sandbox, secret, req).await {
+async fn handle(loader: &Loader, secret: &[u8], req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let sandbox = match loader.get().await {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            tracing::error!("sandbox unavailable: {e}");
+            return error_response(&ApiError::unavailable("sandbox_unavailable", "the sandbox failed to load its runtimes"));
+        }
+    };
+    match route(&sandbox, secret, req).await {
         Ok(response) => response,
         Err(error) => error_response(&error),
     }

@@ -1,0 +1,254 @@
+//! `POST /functions/v1/code-execution`: `{language, code, stdin?, timeout_ms?, conversation_id?}`
+//! -> `{id, status, exit_code, stdout, stderr, truncated, duration_ms, fuel_used, artifacts[]}`.
+//!
+//! Authenticates, applies the `code` rate-limit policy, validates, calls the sandbox service over
+//! outbound HTTP with an HMAC-signed body (`shared::signing`), then records the execution in
+//! `code_executions` through RLS. Refused requests record nothing; an execution the sandbox ran
+//! is answered only once its row is committed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shared::outbound::{self, Timeouts};
+use shared::ratelimit::Subject;
+use shared::spin::{json as json_response, require_user, required_variable, serve, variable, Incoming, RlsTransaction};
+use shared::{limiter, signing, ApiError};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::pg4::ParameterValue;
+use std::time::Duration;
+
+/// Largest program accepted when `code_max_bytes` is unset (the sandbox's own default).
+const DEFAULT_MAX_CODE_BYTES: usize = 1 << 20;
+/// Largest stdin accepted when `code_max_stdin_bytes` is unset.
+const DEFAULT_MAX_STDIN_BYTES: usize = 1 << 20;
+/// Longest deadline a caller may ask for when `code_max_timeout_ms` is unset.
+const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    serve(req, route)
+}
+
+/// The request body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteRequest {
+    language: Language,
+    code: String,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    conversation_id: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Language {
+    Python,
+    Javascript,
+    Typescript,
+}
+
+impl Language {
+    fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Typescript => "typescript",
+        }
+    }
+}
+
+/// What the sandbox sends back (the fields this function reads; the rest pass through).
+#[derive(Deserialize)]
+struct Outcome {
+    status: String,
+    exit_code: Option<i32>,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    duration_ms: f64,
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    variable(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn route(incoming: &Incoming) -> Result<Response, ApiError> {
+    if !incoming.segments().is_empty() {
+        return Err(ApiError::not_found("route"));
+    }
+    if incoming.method != Method::Post {
+        return Err(ApiError::method_not_allowed("POST, OPTIONS"));
+    }
+    let (user_id, principal) = require_user(incoming)?;
+    let verdict = limiter::enforce("code", &Subject::user(&user_id), 1)?;
+    let max_code = setting("code_max_bytes", DEFAULT_MAX_CODE_BYTES);
+    let max_stdin = setting("code_max_stdin_bytes", DEFAULT_MAX_STDIN_BYTES);
+    // JSON escaping can grow text up to six times.
+    let max_body = (max_code + max_stdin) * 6 + 4096;
+    if incoming.body.len() > max_body {
+        return Err(ApiError::payload_too_large(max_body));
+    }
+    let request: ExecuteRequest = serde_json::from_slice(&incoming.body).map_err(|e| {
+        let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })?;
+    validate(&request, max_code, max_stdin)?;
+    let sandbox_body = serde_json::to_vec(&json!({
+        "language": request.language,
+        "code": request.code,
+        "stdin": request.stdin,
+        "timeout_ms": request.timeout_ms,
+    }))
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let answer = spin_executor::run(call_sandbox(&sandbox_body, request.timeout_ms))?;
+    let outcome: Outcome = serde_json::from_value(answer.clone())
+        .map_err(|e| ApiError::internal(format!("unexpected sandbox answer: {e}")))?;
+    let id = record(&principal, &user_id, &request, &outcome)?;
+    let mut body = answer;
+    if let Some(map) = body.as_object_mut() {
+        map.insert("id".into(), Value::String(id));
+        map.insert("language".into(), json!(request.language));
+    }
+    let mut response = json_response(200, &body);
+    if let Some(v) = verdict {
+        for (name, value) in v.headers() {
+            response.set_header(name, value);
+        }
+    }
+    Ok(response)
+}
+
+fn validate(request: &ExecuteRequest, max_code: usize, max_stdin: usize) -> Result<(), ApiError> {
+    if request.code.trim().is_empty() {
+        return Err(ApiError::bad_request("validation_failed", "code must not be empty").with_detail("field", "code"));
+    }
+    if request.code.len() > max_code {
+        return Err(ApiError::new(413, "payload_too_large", format!("code exceeds {max_code} bytes"))
+            .with_detail("field", "code")
+            .with_detail("limit_bytes", max_code));
+    }
+    if request.stdin.as_deref().map_or(0, str::len) > max_stdin {
+        return Err(ApiError::new(413, "payload_too_large", format!("stdin exceeds {max_stdin} bytes"))
+            .with_detail("field", "stdin")
+            .with_detail("limit_bytes", max_stdin));
+    }
+    let max_timeout = setting("code_max_timeout_ms", DEFAULT_MAX_TIMEOUT_MS);
+    if let Some(t) = request.timeout_ms {
+        if t == 0 || t > max_timeout {
+            return Err(ApiError::bad_request(
+                "validation_failed",
+                format!("timeout_ms must be between 1 and {max_timeout}"),
+            )
+            .with_detail("field", "timeout_ms"));
+        }
+    }
+    if let Some(c) = &request.conversation_id {
+        if !shared::is_uuid(c) {
+            return Err(ApiError::bad_request("validation_failed", "conversation_id must be a UUID")
+                .with_detail("field", "conversation_id"));
+        }
+    }
+    Ok(())
+}
+
+fn sandbox_unavailable(why: &str) -> ApiError {
+    ApiError::unavailable("sandbox_unavailable", format!("the code sandbox is unavailable ({why}); retry shortly"))
+        .with_header("retry-after", "1")
+}
+
+/// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
+/// reach the caller as they are.
+async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>) -> Result<Value, ApiError> {
+    let base = required_variable("sandbox_url")?;
+    let secret = required_variable("sandbox_secret")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let timestamp = now as i64;
+    let headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (signing::TIMESTAMP_HEADER.to_owned(), timestamp.to_string()),
+        (signing::SIGNATURE_HEADER.to_owned(), signing::sign(secret.as_bytes(), timestamp, body)),
+    ];
+    // The sandbox may queue the execution, then runs it up to its deadline.
+    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
+    let timeouts = Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
+    let url = format!("{}/v1/execute", base.trim_end_matches('/'));
+    let mut response = outbound::post(&url, &headers, body, timeouts).await.map_err(|e| match e {
+        outbound::SendError::Timeout(_) => sandbox_unavailable("timed out"),
+        outbound::SendError::Denied(_) => ApiError::internal("server misconfigured: sandbox_url is not an allowed outbound host"),
+        _ => sandbox_unavailable("unreachable"),
+    })?;
+    let status = response.status;
+    let bytes = response.read_to_end(64 << 20).await.map_err(|_| sandbox_unavailable("answer cut short"))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"))?;
+    match status {
+        200 => Ok(value),
+        401 => {
+            Err(ApiError::internal("server misconfigured: the sandbox refused our signature (check sandbox_secret)"))
+        }
+        400 | 413 | 503 => Err(passthrough(status, &value)),
+        _ => Err(sandbox_unavailable(&format!("status {status}"))),
+    }
+}
+
+/// The sandbox's error envelope as this function's own.
+fn passthrough(status: u16, value: &Value) -> ApiError {
+    let error = &value["error"];
+    let message = error["message"].as_str().unwrap_or("the sandbox refused the execution").to_owned();
+    let code = match error["code"].as_str() {
+        Some("payload_too_large") => "payload_too_large",
+        Some("sandbox_busy") => "sandbox_busy",
+        Some("language_unavailable") => "language_unavailable",
+        _ if status == 503 => "sandbox_unavailable",
+        _ => "validation_failed",
+    };
+    let mut e = ApiError::new(status, code, message);
+    if status == 503 {
+        e = e.with_header("retry-after", "1");
+    }
+    e
+}
+
+fn clamp(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Inserts the `code_executions` row as the caller (RLS checks it is theirs).
+fn record(
+    principal: &shared::auth::Principal,
+    user_id: &str,
+    request: &ExecuteRequest,
+    outcome: &Outcome,
+) -> Result<String, ApiError> {
+    let mut tx = RlsTransaction::begin(principal)?;
+    if let Some(c) = &request.conversation_id {
+        // A foreign key does not see RLS: check the conversation is the caller's.
+        let found = tx.query("select 1 from public.conversations where id = $1", &[ParameterValue::Uuid(c.clone())])?;
+        if found.rows.is_empty() {
+            return Err(ApiError::not_found("conversation"));
+        }
+    }
+    let conversation = request.conversation_id.clone().map_or(ParameterValue::DbNull, ParameterValue::Uuid);
+    let exit_code = outcome.exit_code.map_or(ParameterValue::DbNull, ParameterValue::Int32);
+    let id = tx
+        .query_json(
+            "insert into public.code_executions (user_id, conversation_id, language, code, status, exit_code, \
+             stdout_bytes, stderr_bytes, duration_ms) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning to_json(id)::text",
+            &[
+                ParameterValue::Uuid(user_id.to_owned()),
+                conversation,
+                ParameterValue::Str(request.language.as_str().to_owned()),
+                ParameterValue::Str(request.code.clone()),
+                ParameterValue::Str(outcome.status.clone()),
+                exit_code,
+                ParameterValue::Int32(clamp(outcome.stdout_bytes)),
+                ParameterValue::Int32(clamp(outcome.stderr_bytes)),
+                ParameterValue::Int32(outcome.duration_ms.round() as i32),
+            ],
+        )?
+        .ok_or_else(|| ApiError::internal("insert returned no id"))?;
+    tx.commit()?;
+    serde_json::from_str(&id).map_err(|_| ApiError::internal("bad id JSON"))
+}
