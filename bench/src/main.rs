@@ -2,6 +2,8 @@
 //! on the same machine. Load comes from this process over loopback keep-alive connections; every
 //! loop is bounded by a request count and a time limit.
 
+mod code;
+
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use chatedge::manifest::LoadedManifest;
@@ -559,6 +561,7 @@ async fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("chat") => return chat_streams().await,
         Some("upload") => return uploads().await,
+        Some("code") => return code::bench().await,
         _ => {}
     }
     let baseline = plain_hyper().await?;
@@ -590,6 +593,7 @@ async fn main() -> Result<()> {
     println!();
     chat_streams().await?;
     uploads().await?;
+    code::bench().await?;
     let (p50, p99, n) = instantiation().await?;
     println!("## Per-request instantiation (fresh Store + instance of the health component, pooling allocator)");
     println!(

