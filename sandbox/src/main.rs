@@ -20,6 +20,9 @@ struct Cli {
     /// The boa guest, chatedge_js.wasm (`./dev build` makes it).
     #[arg(long, env = "SANDBOX_JS_WASM")]
     js_wasm: Option<PathBuf>,
+    /// Executions at once (default: one per core); 64 more may queue, then 503 sandbox_busy.
+    #[arg(long, env = "SANDBOX_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::new(&cli.cache_dir);
     config.python_wheel = cli.python_wheel;
     config.javascript_wasm = cli.js_wasm;
+    if let Some(n) = cli.max_concurrent.filter(|n| *n > 0) {
+        config.policy.max_concurrent = n;
+    }
     let sandbox = Sandbox::load(&config)?;
     let loader = sandbox::serve::Loader::ready(sandbox.clone(), config);
     let runtime = tokio::runtime::Runtime::new()?;
