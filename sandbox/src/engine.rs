@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, ResourceLimiter,
+    Config, Engine, Instance, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig, ResourceLimiter,
     Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -69,6 +69,47 @@ impl Engines {
     }
 }
 
+/// wizer's two phases on `wasm`: instrument it, instantiate it with `wasi` under set-up limits
+/// (ten minutes, no fuel cap, 2 GiB), let `initialize` run the guest's own set-up, snapshot the
+/// result. On its own thread and runtime, since runtimes are loaded from inside other runtimes.
+/// The instrumented module is compiled but not cached: it is used once.
+pub(crate) fn snapshot(
+    engines: &Engines,
+    wasm: &[u8],
+    linker: &Linker<GuestState>,
+    wasi: WasiP1Ctx,
+    initialize: impl AsyncFnOnce(&mut Store<GuestState>, &Instance) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Vec<u8>> {
+    let build = async move || {
+        let mut wizer = wasmtime_wizer::Wizer::new();
+        wizer.init_func("wizer.initialize");
+        let (context, instrumented) = wizer.instrument(wasm).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let module = Module::new(&engines.engine, &instrumented)
+            .map_err(|e| anyhow::anyhow!("compiling the instrumented module: {e:?}"))?;
+        let limits = Limits { timeout_ms: 600_000, fuel: u64::MAX, memory_bytes: 2 << 30, output_bytes: 1 << 20 };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut store = store(&engines.engine, wasi, &limits, deadline);
+        let instance = linker
+            .instantiate_async(&mut store, &module)
+            .await
+            .map_err(|e| anyhow::anyhow!("instantiating the instrumented module: {e:?}"))?;
+        initialize(&mut store, &instance).await?;
+        wizer
+            .snapshot(&context, &mut wasmtime_wizer::WasmtimeWizer { store: &mut store, instance })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(build())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the snapshot builder panicked"))?
+    })
+}
+
 /// Advances the engine's epoch from a background thread for as long as the engine lives.
 fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
@@ -101,11 +142,7 @@ impl ModuleCache {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         CACHE_FORMAT.hash(&mut hasher);
-        Ok(ModuleCache {
-            dir: dir.to_owned(),
-            key,
-            engine_tag: format!("{:016x}", hasher.finish()),
-        })
+        Ok(ModuleCache { dir: dir.to_owned(), key, engine_tag: format!("{:016x}", hasher.finish()) })
     }
 
     fn mac(&self, data: &[u8]) -> Vec<u8> {
@@ -179,12 +216,7 @@ pub(crate) struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.refused = true;
             return Ok(false);
@@ -192,12 +224,7 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 200_000)
     }
 }

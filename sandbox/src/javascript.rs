@@ -1,10 +1,13 @@
 //! JavaScript: the boa guest (`sandbox/js-guest`, a wasm32-wasip1 command) in a fresh instance per
-//! execution, the program passed as its argument, the private scratch folder as `/`.
+//! execution, the program passed as its argument, the private scratch folder as `/`. The guest is
+//! snapshotted once per machine after its `wizer.initialize` has built the engine's realm, so an
+//! execution starts with it made: `1+1` costs ~0.1 M instructions instead of ~1.5 M.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Linker};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -21,14 +24,25 @@ pub(crate) struct JavascriptRuntime {
 }
 
 impl JavascriptRuntime {
-    /// Compiles (or loads from the cache) the boa guest.
-    pub(crate) fn load(engines: &Engines, wasm_path: &Path) -> anyhow::Result<Self> {
+    /// Snapshots the boa guest (once per machine) and compiles the snapshot (or loads it from
+    /// the cache).
+    pub(crate) fn load(engines: &Engines, wasm_path: &Path, cache_dir: &Path) -> anyhow::Result<Self> {
         let wasm = std::fs::read(wasm_path)
             .with_context(|| format!("reading the JavaScript runtime {}", wasm_path.display()))?;
-        let module = engines.module(&wasm).context("compiling the JavaScript runtime")?;
         let mut linker = Linker::new(&engines.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let dir = cache_dir.join("javascript");
+        std::fs::create_dir_all(&dir)?;
+        let snapshot_path = dir.join(format!("chatedge_js-{}.wasm", &engine::hex(&Sha256::digest(&wasm))[..16]));
+        if !snapshot_path.exists() {
+            let snapshot = build_snapshot(engines, &wasm, &linker).context("snapshotting the JavaScript runtime")?;
+            let tmp = snapshot_path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&tmp, snapshot)?;
+            std::fs::rename(&tmp, &snapshot_path)?;
+        }
+        let snapshot = std::fs::read(&snapshot_path)?;
+        let module = engines.module(&snapshot).context("compiling the JavaScript runtime")?;
         let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(JavascriptRuntime { engines: engines.clone(), pre })
     }
@@ -48,16 +62,8 @@ impl JavascriptRuntime {
         let deadline = started + Duration::from_millis(limits.timeout_ms);
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(&["chatedge_js", source])
-            .stdin(MemoryInputPipe::new(stdin.to_vec()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone());
-        builder
-            .preopened_dir(scratch.root(), "/", FsPerms::ReadWrite)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let mut store = engine::store(&self.engines.engine, builder.build_p1(), limits, deadline);
+        let wasi = wasi(&["chatedge_js", source], scratch.root(), stdin, &stdout, &stderr)?;
+        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -69,4 +75,36 @@ impl JavascriptRuntime {
         let ended = engine::ended(result, refused);
         Ok(engine::outcome(ended, refused, &stdout, &stderr, started, fuel_used))
     }
+}
+
+/// The guest's WASI context: the same single preopen at snapshot time and at every execution
+/// (wasi-libc's preopen table may live in the snapshot).
+fn wasi(
+    args: &[&str],
+    root: &Path,
+    stdin: &[u8],
+    stdout: &Capture,
+    stderr: &Capture,
+) -> anyhow::Result<wasmtime_wasi::p1::WasiP1Ctx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(args).stdin(MemoryInputPipe::new(stdin.to_vec())).stdout(stdout.clone()).stderr(stderr.clone());
+    builder.preopened_dir(root, "/", FsPerms::ReadWrite).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(builder.build_p1())
+}
+
+/// The guest after `wizer.initialize`: boa's realm and `console` made.
+fn build_snapshot(engines: &Engines, wasm: &[u8], linker: &Linker<GuestState>) -> anyhow::Result<Vec<u8>> {
+    let scratch = tempfile::tempdir()?;
+    let stdout = Capture::new(1 << 16);
+    let stderr = Capture::new(1 << 16);
+    let wasi = wasi(&["chatedge_js"], scratch.path(), b"", &stdout, &stderr)?;
+    engine::snapshot(engines, wasm, linker, wasi, async |store, instance| {
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut *store, "wizer.initialize")
+            .map_err(|e| anyhow::anyhow!("the JavaScript runtime has no wizer.initialize: {e:?}"))?;
+        initialize
+            .call_async(&mut *store, ())
+            .await
+            .map_err(|e| anyhow::anyhow!("wizer.initialize: {e:?}\n{}", stderr.finish().0))
+    })
 }

@@ -171,7 +171,7 @@ impl Sandbox {
             None => None,
         };
         let javascript = match &config.javascript_wasm {
-            Some(wasm) => Some(javascript::JavascriptRuntime::load(&engines, wasm)?),
+            Some(wasm) => Some(javascript::JavascriptRuntime::load(&engines, wasm, &config.cache_dir)?),
             None => None,
         };
         Ok(Sandbox {
@@ -250,6 +250,8 @@ impl Sandbox {
             }
         }?;
         outcome.artifacts = scratch.artifacts(&inner.policy);
+        // Removing the folder costs ~0.4 ms on ext4; the answer need not wait for it.
+        tokio::task::spawn_blocking(move || drop(scratch));
         Ok(outcome)
     }
 
@@ -361,8 +363,6 @@ mod base64_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }

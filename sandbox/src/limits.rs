@@ -94,31 +94,14 @@ impl Policy {
         let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
             None => Ok(default),
             Some(0) => Err(SandboxError::Invalid(format!("{name} must be positive"))),
-            Some(v) if v > max => {
-                Err(SandboxError::Invalid(format!("{name} is {v}; the most allowed is {max}")))
-            }
+            Some(v) if v > max => Err(SandboxError::Invalid(format!("{name} is {v}; the most allowed is {max}"))),
             Some(v) => Ok(v),
         };
         Ok(Limits {
-            timeout_ms: pick(
-                "timeout_ms",
-                request.timeout_ms,
-                self.default_timeout_ms,
-                self.max_timeout_ms,
-            )?,
+            timeout_ms: pick("timeout_ms", request.timeout_ms, self.default_timeout_ms, self.max_timeout_ms)?,
             fuel: pick("fuel", request.fuel, self.default_fuel, self.max_fuel)?,
-            memory_bytes: pick(
-                "memory_bytes",
-                request.memory_bytes,
-                self.default_memory_bytes,
-                self.max_memory_bytes,
-            )?,
-            output_bytes: pick(
-                "output_bytes",
-                request.output_bytes,
-                self.default_output_bytes,
-                self.max_output_bytes,
-            )?,
+            memory_bytes: pick("memory_bytes", request.memory_bytes, self.default_memory_bytes, self.max_memory_bytes)?,
+            output_bytes: pick("output_bytes", request.output_bytes, self.default_output_bytes, self.max_output_bytes)?,
         })
     }
 }

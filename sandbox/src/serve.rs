@@ -138,7 +138,10 @@ async fn handle(loader: &Loader, secret: &[u8], req: Request<Incoming>) -> Respo
         Ok(sandbox) => sandbox,
         Err(e) => {
             tracing::error!("sandbox unavailable: {e}");
-            return error_response(&ApiError::unavailable("sandbox_unavailable", "the sandbox failed to load its runtimes"));
+            return error_response(&ApiError::unavailable(
+                "sandbox_unavailable",
+                "the sandbox failed to load its runtimes",
+            ));
         }
     };
     match route(&sandbox, secret, req).await {
@@ -171,10 +174,8 @@ async fn execute(sandbox: &Sandbox, secret: &[u8], req: Request<Incoming>) -> Re
         .await
         .map_err(|_| ApiError::payload_too_large(body_limit))?
         .to_bytes();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     signing::verify(secret, now, timestamp.as_deref(), signature.as_deref(), &body)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let request: ExecuteRequest = serde_json::from_slice(&body)
@@ -196,9 +197,7 @@ pub fn api_error(error: SandboxError) -> ApiError {
     match error {
         SandboxError::Invalid(message) => ApiError::bad_request("invalid_request", message),
         SandboxError::TooLarge(message) => ApiError::new(413, "payload_too_large", message),
-        SandboxError::Busy => {
-            ApiError::unavailable("sandbox_busy", error.to_string()).with_header("retry-after", "1")
-        }
+        SandboxError::Busy => ApiError::unavailable("sandbox_busy", error.to_string()).with_header("retry-after", "1"),
         SandboxError::Unavailable(message) => ApiError::unavailable("language_unavailable", message),
         SandboxError::Internal(e) => {
             tracing::error!("sandbox: {e:?}");
@@ -210,14 +209,13 @@ pub fn api_error(error: SandboxError) -> ApiError {
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
 fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
-    let mut response = json(StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), error.body());
+    let mut response =
+        json(StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), error.body());
     for (name, value) in &error.headers {
         if let (Ok(name), Ok(value)) =
             (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str()))

@@ -22,8 +22,8 @@ pub(crate) fn strip_types(source: &str) -> Result<String, String> {
     let mut program = parsed.program;
     let semantic = SemanticBuilder::new().build(&program);
     let options = TransformOptions::from_target("esnext").map_err(|e| e.to_string())?;
-    let transformed = Transformer::new(&allocator, path, &options)
-        .build_with_scoping(semantic.semantic.into_scoping(), &mut program);
+    let transformed =
+        Transformer::new(&allocator, path, &options).build_with_scoping(semantic.semantic.into_scoping(), &mut program);
     if transformed.diagnostics.has_errors() {
         return Err(messages(source, transformed.diagnostics.into_vec()));
     }
@@ -33,10 +33,7 @@ pub(crate) fn strip_types(source: &str) -> Result<String, String> {
 fn messages(source: &str, diagnostics: Vec<oxc_diagnostics::OxcDiagnostic>) -> String {
     let mut out = String::new();
     for diagnostic in diagnostics {
-        let at = diagnostic
-            .labels
-            .first()
-            .map(|label| line_col(source, label.offset() as usize));
+        let at = diagnostic.labels.first().map(|label| line_col(source, label.offset() as usize));
         match at {
             Some((line, col)) => out.push_str(&format!("main.ts:{line}:{col}: error: {diagnostic}\n")),
             None => out.push_str(&format!("main.ts: error: {diagnostic}\n")),

@@ -9,9 +9,8 @@ use sandbox::{Config, Language, LimitsRequest, Outcome, Sandbox, SandboxError, S
 fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
-        let env = |name: &str| {
-            std::env::var_os(name).unwrap_or_else(|| panic!("{name} must be set (./dev test sets it)"))
-        };
+        let env =
+            |name: &str| std::env::var_os(name).unwrap_or_else(|| panic!("{name} must be set (./dev test sets it)"));
         let cache = std::env::var_os("SANDBOX_CACHE_DIR").unwrap_or_else(|| "/var/tmp/chatedge/cache/sandbox".into());
         let mut config = Config::new(cache);
         config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL").into());
@@ -49,7 +48,9 @@ async fn python_prints_reads_stdin_and_exits_with_its_code() {
     let out = python("print('hello', 1 + 1)").await;
     assert_eq!((out.status, out.exit_code, out.stdout.as_str()), (Status::Ok, Some(0), "hello 2\n"));
     assert!(out.fuel_used > 0);
-    let echoed = run_with(Language::Python, "import sys\nprint(sys.stdin.read().upper())", "shout", LimitsRequest::default()).await;
+    let echoed =
+        run_with(Language::Python, "import sys\nprint(sys.stdin.read().upper())", "shout", LimitsRequest::default())
+            .await;
     assert_eq!(echoed.stdout, "SHOUT\n");
     let failed = python("raise ValueError('boom')").await;
     assert_eq!((failed.status, failed.exit_code), (Status::Error, Some(1)));
@@ -96,9 +97,15 @@ async fn every_execution_draws_fresh_randomness() {
     let first = python(code).await;
     let second = python(code).await;
     assert_eq!((first.status, second.status), (Status::Ok, Status::Ok));
-    let (a, b) = (first.stdout.split_whitespace().collect::<Vec<_>>(), second.stdout.split_whitespace().collect::<Vec<_>>());
+    let (a, b) =
+        (first.stdout.split_whitespace().collect::<Vec<_>>(), second.stdout.split_whitespace().collect::<Vec<_>>());
     assert_ne!(a[0], b[0], "random.random() repeated");
     assert_ne!(a[1], b[1], "numpy.random.rand() repeated");
+    // The JavaScript runtime is a snapshot too: Math.random must not replay either.
+    let js = "console.log(Math.random())";
+    let (first, second) = (javascript(js).await, javascript(js).await);
+    assert_eq!((first.status, second.status), (Status::Ok, Status::Ok));
+    assert_ne!(first.stdout, second.stdout, "Math.random() repeated");
 }
 
 #[tokio::test]
@@ -111,7 +118,13 @@ async fn python_busy_loops_and_sleeps_end_at_the_deadline() {
     let no_stdin = python("input()").await;
     assert_eq!(no_stdin.status, Status::Error);
     assert!(no_stdin.stderr.contains("EOFError"), "{}", no_stdin.stderr);
-    let fuel = run_with(Language::Python, "while True: pass", "", LimitsRequest { fuel: Some(50_000_000), ..Default::default() }).await;
+    let fuel = run_with(
+        Language::Python,
+        "while True: pass",
+        "",
+        LimitsRequest { fuel: Some(50_000_000), ..Default::default() },
+    )
+    .await;
     assert_eq!(fuel.status, Status::OutOfFuel, "{fuel:?}");
     still_healthy().await;
 }
@@ -235,7 +248,9 @@ async fn fifty_bad_executions_in_parallel_then_a_good_one() {
     ];
     let runs = (0..50).map(|i| {
         let (language, code) = bad[i % bad.len()];
-        async move { sandbox().run(language, code, b"", &LimitsRequest { timeout_ms: Some(300), ..Default::default() }).await }
+        async move {
+            sandbox().run(language, code, b"", &LimitsRequest { timeout_ms: Some(300), ..Default::default() }).await
+        }
     });
     let results = futures_util::future::join_all(runs).await;
     let mut busy = 0;
