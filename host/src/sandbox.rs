@@ -24,10 +24,13 @@ pub async fn start_in_process(manifest_dir: &Path, listen: &str, secret: &str) -
     config.javascript_wasm = env("SANDBOX_JS_WASM")
         .or_else(|| Some(manifest_dir.join("target/wasm32-wasip1/release/chatedge_js.wasm")))
         .filter(|p| p.exists());
-    if let Some(n) = std::env::var("SANDBOX_MAX_CONCURRENT").ok().and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0) {
+    if let Some(n) =
+        std::env::var("SANDBOX_MAX_CONCURRENT").ok().and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0)
+    {
         config.policy.max_concurrent = n;
     }
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the sandbox on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the sandbox on {listen}"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let loader = Loader::new(config);
     if std::env::var("CHATEDGE_SANDBOX_WARM").is_ok_and(|v| v == "1") {

@@ -19,9 +19,9 @@ pub mod pricing;
 pub mod providers;
 pub mod ratelimit;
 pub mod retry;
+pub mod signing;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
-pub mod signing;
 pub mod sse;
 pub mod storage;
 pub mod upload;

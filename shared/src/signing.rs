@@ -57,19 +57,14 @@ pub fn verify(
     if (now - timestamp).abs() > MAX_SKEW_SECS {
         return Err(SignatureError::Stale);
     }
-    mac(secret, timestamp, body)
-        .verify_slice(&tag)
-        .map_err(|_| SignatureError::Mismatch)
+    mac(secret, timestamp, body).verify_slice(&tag).map_err(|_| SignatureError::Mismatch)
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != 64 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

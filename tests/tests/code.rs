@@ -15,7 +15,12 @@ async fn run(host: &Host, user: &User, body: Value) -> anyhow::Result<Reply> {
 }
 
 async fn rows(db: &TestDb, user: &User) -> anyhow::Result<i64> {
-    Ok(db.admin().await?.query_one("select count(*) from code_executions where user_id = $1", &[&user.id]).await?.get(0))
+    Ok(db
+        .admin()
+        .await?
+        .query_one("select count(*) from code_executions where user_id = $1", &[&user.id])
+        .await?
+        .get(0))
 }
 
 #[tokio::test]
@@ -64,24 +69,42 @@ async fn charts_javascript_typescript_and_limits_over_http() -> anyhow::Result<(
     let db = TestDb::start().await?;
     let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
-    let chart = run(&host, &user, json!({"language": "python", "code": "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()"})).await?;
+    let chart = run(
+        &host,
+        &user,
+        json!({"language": "python", "code": "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()"}),
+    )
+    .await?;
     assert_eq!(chart.status, 200);
     let artifacts = chart.json()["artifacts"].clone();
     assert_eq!(artifacts[0]["name"], "figure-1.png");
     assert_eq!(artifacts[0]["mime_type"], "image/png");
     let png = base64::engine::general_purpose::STANDARD.decode(artifacts[0]["data"].as_str().unwrap_or_default())?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000);
-    let js = run(&host, &user, json!({"language": "javascript", "code": "console.log([1, 2, 3].reduce((a, b) => a + b))"})).await?;
+    let js =
+        run(&host, &user, json!({"language": "javascript", "code": "console.log([1, 2, 3].reduce((a, b) => a + b))"}))
+            .await?;
     assert_eq!((js.json()["status"].clone(), js.json()["stdout"].clone()), (json!("ok"), json!("6\n")));
-    let ts = run(&host, &user, json!({"language": "typescript", "code": "const n: number = 21;\nconsole.log(n * 2);", "stdin": ""})).await?;
+    let ts = run(
+        &host,
+        &user,
+        json!({"language": "typescript", "code": "const n: number = 21;\nconsole.log(n * 2);", "stdin": ""}),
+    )
+    .await?;
     assert_eq!(ts.json()["stdout"], "42\n");
     let broken = run(&host, &user, json!({"language": "typescript", "code": "let x: = 1;"})).await?;
     assert_eq!((broken.status, broken.json()["status"].clone()), (200, json!("compile_error")));
-    let stdin = run(&host, &user, json!({"language": "python", "code": "print(input()[::-1])", "stdin": "olleh\n"})).await?;
+    let stdin =
+        run(&host, &user, json!({"language": "python", "code": "print(input()[::-1])", "stdin": "olleh\n"})).await?;
     assert_eq!(stdin.json()["stdout"], "hello\n");
     let spin = run(&host, &user, json!({"language": "python", "code": "while True: pass", "timeout_ms": 300})).await?;
     assert_eq!((spin.status, spin.json()["status"].clone()), (200, json!("timeout")));
-    let flood = run(&host, &user, json!({"language": "javascript", "code": "for (;;) console.log('x'.repeat(1000))", "timeout_ms": 500})).await?;
+    let flood = run(
+        &host,
+        &user,
+        json!({"language": "javascript", "code": "for (;;) console.log('x'.repeat(1000))", "timeout_ms": 500}),
+    )
+    .await?;
     assert_eq!(flood.json()["status"], "timeout");
     assert_eq!(flood.json()["truncated"], true);
     // Healthy after: a good execution answers normally.
@@ -104,7 +127,8 @@ async fn bad_requests_get_4xx_and_record_nothing() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
     let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
-    let anonymous = host.send("POST", CODE, None, Some(br#"{"language":"python","code":"print(1)"}"#.to_vec()), &[]).await?;
+    let anonymous =
+        host.send("POST", CODE, None, Some(br#"{"language":"python","code":"print(1)"}"#.to_vec()), &[]).await?;
     assert_eq!((anonymous.status, anonymous.error_code()), (401, "unauthorized".to_owned()));
     let cases = [
         (json!({"language": "ruby", "code": "puts 1"}), 400, "validation_failed"),
@@ -118,13 +142,20 @@ async fn bad_requests_get_4xx_and_record_nothing() -> anyhow::Result<()> {
     ];
     for (body, status, code) in cases {
         let reply = run(&host, &user, body.clone()).await?;
-        assert_eq!((reply.status, reply.error_code()), (status, code.to_owned()), "{}", body.to_string().chars().take(120).collect::<String>());
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (status, code.to_owned()),
+            "{}",
+            body.to_string().chars().take(120).collect::<String>()
+        );
     }
     let not_json = host.send("POST", CODE, Some(&user.token), Some(b"{".to_vec()), &[]).await?;
     assert_eq!((not_json.status, not_json.error_code()), (400, "invalid_json".to_owned()));
     let get = host.get(CODE, &user.token).await?;
     assert_eq!(get.status, 405);
-    let foreign = run(&host, &user, json!({"language": "python", "code": "print(1)", "conversation_id": uuid::Uuid::new_v4()})).await?;
+    let foreign =
+        run(&host, &user, json!({"language": "python", "code": "print(1)", "conversation_id": uuid::Uuid::new_v4()}))
+            .await?;
     assert_eq!(foreign.status, 404);
     assert_eq!(rows(&db, &user).await?, 0);
     Ok(())
@@ -212,11 +243,27 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
 
     let db = TestDb::start().await?;
     let user = db.user().await?;
-    let forged = Host::start(&db, &[("SPIN_VARIABLE_SANDBOX_URL", &base), ("SPIN_VARIABLE_SANDBOX_ALLOWED_HOST", &base), ("SPIN_VARIABLE_SANDBOX_SECRET", "not-the-secret")]).await?;
+    let forged = Host::start(
+        &db,
+        &[
+            ("SPIN_VARIABLE_SANDBOX_URL", &base),
+            ("SPIN_VARIABLE_SANDBOX_ALLOWED_HOST", &base),
+            ("SPIN_VARIABLE_SANDBOX_SECRET", "not-the-secret"),
+        ],
+    )
+    .await?;
     let reply = run(&forged, &user, json!({"language": "javascript", "code": "console.log(1)"})).await?;
     assert_eq!((reply.status, reply.error_code()), (500, "internal_error".to_owned()));
     child.kill().await?;
-    let down = Host::start(&db, &[("SPIN_VARIABLE_SANDBOX_URL", &base), ("SPIN_VARIABLE_SANDBOX_ALLOWED_HOST", &base), ("SPIN_VARIABLE_SANDBOX_SECRET", secret)]).await?;
+    let down = Host::start(
+        &db,
+        &[
+            ("SPIN_VARIABLE_SANDBOX_URL", &base),
+            ("SPIN_VARIABLE_SANDBOX_ALLOWED_HOST", &base),
+            ("SPIN_VARIABLE_SANDBOX_SECRET", secret),
+        ],
+    )
+    .await?;
     let reply = run(&down, &user, json!({"language": "javascript", "code": "console.log(1)"})).await?;
     assert_eq!((reply.status, reply.error_code()), (503, "sandbox_unavailable".to_owned()));
     assert!(reply.header("retry-after").is_some());

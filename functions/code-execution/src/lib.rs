@@ -173,11 +173,14 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>) -> Result<Value, Api
     ];
     // The sandbox may queue the execution, then runs it up to its deadline.
     let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
-    let timeouts = Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
+    let timeouts =
+        Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
     let url = format!("{}/v1/execute", base.trim_end_matches('/'));
     let mut response = outbound::post(&url, &headers, body, timeouts).await.map_err(|e| match e {
         outbound::SendError::Timeout(_) => sandbox_unavailable("timed out"),
-        outbound::SendError::Denied(_) => ApiError::internal("server misconfigured: sandbox_url is not an allowed outbound host"),
+        outbound::SendError::Denied(_) => {
+            ApiError::internal("server misconfigured: sandbox_url is not an allowed outbound host")
+        }
         _ => sandbox_unavailable("unreachable"),
     })?;
     let status = response.status;
