@@ -80,12 +80,15 @@ print(statistics.median(ts))
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A native `python3 -c 'print(1)'` process, spawn to exit: p50 of 30.
+/// A native `python3 -c 'print(1)'` process, spawn to exit: p50 of 30. The interpreter's own
+/// path is resolved first, so a version manager's shim script is not what gets timed.
 fn native_python() -> Result<Duration> {
+    let found = std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output()?;
+    let python = String::from_utf8(found.stdout)?.trim().to_owned();
     let mut times = Vec::new();
     for _ in 0..31 {
         let started = Instant::now();
-        let status = std::process::Command::new("python3").args(["-c", "print(1)"]).output()?.status;
+        let status = std::process::Command::new(&python).args(["-c", "print(1)"]).output()?.status;
         times.push(started.elapsed());
         anyhow::ensure!(status.success());
     }

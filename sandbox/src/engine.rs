@@ -67,6 +67,46 @@ impl Engines {
     pub(crate) fn module(&self, wasm: &[u8]) -> anyhow::Result<Module> {
         self.cache.module(&self.engine, wasm)
     }
+
+    /// Removes compiled modules this process did not load: older snapshots and runtimes, or
+    /// another wasmtime's. Called once every runtime is loaded.
+    pub(crate) fn prune_cache(&self) {
+        let Ok(used) = self.cache.used.lock() else { return };
+        let Ok(entries) = std::fs::read_dir(&self.cache.dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "cwasm") && !used.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// The snapshot stored at `path` (named `<kind>-<key>.wasm`), made by `build` and stored there
+/// when this machine has none yet. Older ones of its kind are removed: nothing loads them any
+/// more (each is 7-150 MB).
+pub(crate) fn stored_snapshot(path: &Path, build: impl FnOnce() -> anyhow::Result<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
+    let snapshot = match std::fs::read(path) {
+        Ok(stored) => stored,
+        Err(_) => {
+            let snapshot = build()?;
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &snapshot)?;
+            std::fs::rename(&tmp, path)?;
+            snapshot
+        }
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if let (Some(dir), Some((kind, _))) = (path.parent(), name.rsplit_once('-')) {
+        let older = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok).filter(|entry| {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            other != name && other.ends_with(".wasm") && other.rsplit_once('-').is_some_and(|(k, _)| k == kind)
+        });
+        for entry in older {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(snapshot)
 }
 
 /// wizer's two phases on `wasm`: instrument it, instantiate it with `wasi` under set-up limits
@@ -133,6 +173,8 @@ struct ModuleCache {
     dir: PathBuf,
     key: Vec<u8>,
     engine_tag: String,
+    /// The entries this process loaded or wrote; [`Engines::prune_cache`] keeps only these.
+    used: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl ModuleCache {
@@ -142,7 +184,12 @@ impl ModuleCache {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         CACHE_FORMAT.hash(&mut hasher);
-        Ok(ModuleCache { dir: dir.to_owned(), key, engine_tag: format!("{:016x}", hasher.finish()) })
+        Ok(ModuleCache {
+            dir: dir.to_owned(),
+            key,
+            engine_tag: format!("{:016x}", hasher.finish()),
+            used: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     fn mac(&self, data: &[u8]) -> Vec<u8> {
@@ -154,6 +201,9 @@ impl ModuleCache {
     fn module(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Module> {
         let digest = hex(&Sha256::digest(wasm));
         let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_tag));
+        if let Ok(mut used) = self.used.lock() {
+            used.push(path.clone());
+        }
         if let Ok(stored) = std::fs::read(&path) {
             if let Some((tag, code)) = stored.split_at_checked(32) {
                 if self.mac(code).as_slice() == tag {

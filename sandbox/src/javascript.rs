@@ -35,13 +35,9 @@ impl JavascriptRuntime {
         let dir = cache_dir.join("javascript");
         std::fs::create_dir_all(&dir)?;
         let snapshot_path = dir.join(format!("chatedge_js-{}.wasm", &engine::hex(&Sha256::digest(&wasm))[..16]));
-        if !snapshot_path.exists() {
-            let snapshot = build_snapshot(engines, &wasm, &linker).context("snapshotting the JavaScript runtime")?;
-            let tmp = snapshot_path.with_extension(format!("{}.tmp", std::process::id()));
-            std::fs::write(&tmp, snapshot)?;
-            std::fs::rename(&tmp, &snapshot_path)?;
-        }
-        let snapshot = std::fs::read(&snapshot_path)?;
+        let snapshot = engine::stored_snapshot(&snapshot_path, || {
+            build_snapshot(engines, &wasm, &linker).context("snapshotting the JavaScript runtime")
+        })?;
         let module = engines.module(&snapshot).context("compiling the JavaScript runtime")?;
         let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(JavascriptRuntime { engines: engines.clone(), pre })

@@ -174,6 +174,9 @@ impl Sandbox {
             Some(wasm) => Some(javascript::JavascriptRuntime::load(&engines, wasm, &config.cache_dir)?),
             None => None,
         };
+        if python.is_some() && javascript.is_some() {
+            engines.prune_cache();
+        }
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 python,
