@@ -17,7 +17,8 @@ use wasmtime::{
     Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::capture::Capture;
 use crate::limits::{Limits, Policy};
@@ -299,6 +300,28 @@ pub(crate) fn store(engine: &Engine, wasi: WasiP1Ctx, limits: &Limits, deadline:
     store
 }
 
+/// A guest's WASI context to complete: its arguments and the three streams, nothing else yet (no
+/// environment, no preopens, no network).
+pub(crate) fn wasi_builder(args: &[&str], stdin: &[u8], stdout: &Capture, stderr: &Capture) -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(args).stdin(MemoryInputPipe::new(stdin.to_vec())).stdout(stdout.clone()).stderr(stderr.clone());
+    builder
+}
+
+/// The outcome of a finished guest call on `store`: how it ended, its output and its meters.
+pub(crate) fn finish(
+    store: &Store<GuestState>,
+    result: wasmtime::Result<i32>,
+    limits: &Limits,
+    stdout: &Capture,
+    stderr: &Capture,
+    started: Instant,
+) -> Outcome {
+    let refused = store.data().limiter.refused;
+    let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+    outcome(ended(result, refused), refused, stdout, stderr, started, fuel_used)
+}
+
 /// How a guest call ended, before output is attached.
 pub(crate) enum Ended {
     /// Returned or exited with this code.
@@ -308,7 +331,7 @@ pub(crate) enum Ended {
 }
 
 /// Classifies a guest call's result.
-pub(crate) fn ended(result: wasmtime::Result<i32>, memory_refused: bool) -> Ended {
+fn ended(result: wasmtime::Result<i32>, memory_refused: bool) -> Ended {
     let error = match result {
         Ok(code) => return Ended::Exited(code),
         Err(error) => error,
@@ -340,7 +363,7 @@ where
 }
 
 /// The outcome of an execution from how it ended, the captured streams and the store's meters.
-pub(crate) fn outcome(
+fn outcome(
     ended: Ended,
     memory_refused: bool,
     stdout: &Capture,

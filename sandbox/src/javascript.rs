@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Linker};
-use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::FsPerms;
 
 use crate::capture::Capture;
 use crate::engine::{self, Engines, GuestState};
@@ -66,10 +65,7 @@ impl JavascriptRuntime {
             start.call_async(&mut store, ()).await.map(|()| 0)
         };
         let result = engine::within_deadline(deadline, call).await;
-        let refused = store.data().limiter.refused;
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let ended = engine::ended(result, refused);
-        Ok(engine::outcome(ended, refused, &stdout, &stderr, started, fuel_used))
+        Ok(engine::finish(&store, result, limits, &stdout, &stderr, started))
     }
 }
 
@@ -82,8 +78,7 @@ fn wasi(
     stdout: &Capture,
     stderr: &Capture,
 ) -> anyhow::Result<wasmtime_wasi::p1::WasiP1Ctx> {
-    let mut builder = WasiCtxBuilder::new();
-    builder.args(args).stdin(MemoryInputPipe::new(stdin.to_vec())).stdout(stdout.clone()).stderr(stderr.clone());
+    let mut builder = engine::wasi_builder(args, stdin, stdout, stderr);
     builder.preopened_dir(root, "/", FsPerms::ReadWrite).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok(builder.build_p1())
 }

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use sha2::{Digest, Sha256};
 use wasmtime::{Instance, InstancePre, Linker, Store};
-use wasmtime_wasi::p2::pipe::MemoryInputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::FsPerms;
 
 use crate::capture::Capture;
 use crate::engine::{self, Engines, GuestState};
@@ -131,13 +130,8 @@ impl Files {
         stdout: &Capture,
         stderr: &Capture,
     ) -> anyhow::Result<wasmtime_wasi::p1::WasiP1Ctx> {
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(&[ARGV0])
-            .envs(ENV)
-            .stdin(MemoryInputPipe::new(stdin.to_vec()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone());
+        let mut builder = engine::wasi_builder(&[ARGV0], stdin, stdout, stderr);
+        builder.envs(ENV);
         builder.preopened_dir(&self.lib_dir, LIB_GUEST, FsPerms::ReadOnly).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         builder
             .preopened_dir(&self.mpl_data, self.mpl_guest(), FsPerms::ReadOnly)
@@ -191,10 +185,7 @@ impl PythonRuntime {
             Ok(code_result)
         };
         let result = engine::within_deadline(deadline, call).await;
-        let refused = store.data().limiter.refused;
-        let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let ended = engine::ended(result, refused);
-        Ok(engine::outcome(ended, refused, &stdout, &stderr, started, fuel_used))
+        Ok(engine::finish(&store, result, limits, &stdout, &stderr, started))
     }
 }
 
