@@ -409,3 +409,29 @@ fn outcome(
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_snapshot_is_reused_and_replaces_older_ones_of_its_kind() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (name, body) in [("stack-old.wasm", "old"), ("stack-new.wasm", "new"), ("chatedge_js-1.wasm", "js")] {
+            std::fs::write(dir.path().join(name), body)?;
+        }
+        let stored = stored_snapshot(&dir.path().join("stack-new.wasm"), || anyhow::bail!("must not rebuild"))?;
+        assert_eq!(stored, b"new");
+        assert!(!dir.path().join("stack-old.wasm").exists());
+        assert!(dir.path().join("chatedge_js-1.wasm").exists(), "another kind is kept");
+
+        let built = stored_snapshot(&dir.path().join("stack-next.wasm"), || Ok(b"next".to_vec()))?;
+        assert_eq!(built, b"next");
+        assert_eq!(std::fs::read(dir.path().join("stack-next.wasm"))?, b"next");
+        assert!(!dir.path().join("stack-new.wasm").exists());
+        let failed = stored_snapshot(&dir.path().join("stack-broken.wasm"), || anyhow::bail!("guest trapped"));
+        assert!(failed.is_err());
+        assert!(dir.path().join("stack-next.wasm").exists(), "a failed build removes nothing");
+        Ok(())
+    }
+}
