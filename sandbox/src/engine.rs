@@ -127,9 +127,15 @@ pub(crate) fn snapshot(
         let (context, instrumented) = wizer.instrument(wasm).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let module = Module::new(&engines.engine, &instrumented)
             .map_err(|e| anyhow::anyhow!("compiling the instrumented module: {e:?}"))?;
-        let limits = Limits { timeout_ms: 600_000, fuel: u64::MAX, memory_bytes: 2 << 30, output_bytes: 1 << 20 };
+        let limits = Limits {
+            timeout_ms: 600_000,
+            fuel: u64::MAX,
+            memory_bytes: 2 << 30,
+            output_bytes: 1 << 20,
+            scratch_bytes: u64::MAX,
+        };
         let deadline = Instant::now() + Duration::from_secs(600);
-        let mut store = store(&engines.engine, wasi, &limits, deadline);
+        let mut store = store(&engines.engine, wasi, &limits, deadline, None);
         let instance = linker
             .instantiate_async(&mut store, &module)
             .await
@@ -253,10 +259,60 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A store's data: the guest's WASI context and its memory limiter.
+/// A store's data: the guest's WASI context, its memory limiter and its scratch-disk watch.
 pub(crate) struct GuestState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryCap,
+    disk: Option<DiskWatch>,
+}
+
+/// How often the scratch folder's size is checked while the guest runs.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(25);
+
+/// The scratch folder's disk use against its cap. WASI offers no quota, so the folder is measured
+/// (allocated blocks, so sparse files count for what they occupy) from the epoch callback.
+struct DiskWatch {
+    root: PathBuf,
+    cap: u64,
+    next_check: Instant,
+    exceeded: bool,
+}
+
+impl DiskWatch {
+    /// Whether the folder is over its cap, measured at most once per [`DISK_CHECK_EVERY`].
+    fn over(&mut self, now: Instant) -> bool {
+        if now < self.next_check {
+            return false;
+        }
+        self.exceeded = disk_use_over(&self.root, self.cap);
+        // A folder of thousands of files takes milliseconds to measure: keep that under ~20%
+        // of the guest's time.
+        self.next_check = Instant::now() + DISK_CHECK_EVERY.max(now.elapsed() * 4);
+        self.exceeded
+    }
+}
+
+/// Whether the files below `root` occupy more than `cap` bytes; stops counting once they do.
+fn disk_use_over(root: &Path, cap: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut used = 0u64;
+    let mut folders = vec![root.to_owned()];
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(meta) = entry.metadata() else { continue };
+            // Each entry costs at least 32 KiB, so a flood of empty files counts (and the walk
+            // stays short: 256 MiB allows 8,192 entries).
+            used = used.saturating_add((meta.blocks().saturating_mul(512)).max(32 << 10));
+            if used > cap {
+                return true;
+            }
+            if meta.is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    false
 }
 
 /// Refuses linear-memory growth past the cap (the guest's allocator then fails: Python raises
@@ -280,17 +336,31 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// A store for one execution: fuel, memory cap and a deadline that traps a busy guest at the
-/// next epoch tick after `deadline`.
-pub(crate) fn store(engine: &Engine, wasi: WasiP1Ctx, limits: &Limits, deadline: Instant) -> Store<GuestState> {
+/// A store for one execution: fuel, memory cap, a deadline that traps a busy guest at the next
+/// epoch tick after `deadline`, and, given the scratch folder, its disk cap.
+pub(crate) fn store(
+    engine: &Engine,
+    wasi: WasiP1Ctx,
+    limits: &Limits,
+    deadline: Instant,
+    scratch: Option<&Path>,
+) -> Store<GuestState> {
     let cap = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
-    let mut store = Store::new(engine, GuestState { wasi, limiter: MemoryCap { cap, refused: false } });
+    let disk = scratch.map(|root| DiskWatch {
+        root: root.to_owned(),
+        cap: limits.scratch_bytes,
+        next_check: Instant::now() + DISK_CHECK_EVERY,
+        exceeded: false,
+    });
+    let mut store = Store::new(engine, GuestState { wasi, limiter: MemoryCap { cap, refused: false }, disk });
     store.limiter(|state| &mut state.limiter);
     // Set before instantiation too: the snapshot's memory image counts against the cap.
     let _ = store.set_fuel(limits.fuel);
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+    store.epoch_deadline_callback(move |mut context| {
+        let now = Instant::now();
+        let disk_full = context.data_mut().disk.as_mut().is_some_and(|disk| disk.over(now));
+        if now >= deadline || disk_full {
             Err(Trap::Interrupt.into())
         } else {
             // Yield at each tick so other executions on this thread's runtime make progress.
@@ -318,8 +388,9 @@ pub(crate) fn finish(
     started: Instant,
 ) -> Outcome {
     let refused = store.data().limiter.refused;
+    let disk_full = store.data().disk.as_ref().is_some_and(|disk| disk.exceeded);
     let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-    outcome(ended(result, refused), refused, stdout, stderr, started, fuel_used)
+    outcome(ended(result, refused, disk_full), refused, stdout, stderr, started, fuel_used)
 }
 
 /// How a guest call ended, before output is attached.
@@ -331,7 +402,7 @@ pub(crate) enum Ended {
 }
 
 /// Classifies a guest call's result.
-fn ended(result: wasmtime::Result<i32>, memory_refused: bool) -> Ended {
+fn ended(result: wasmtime::Result<i32>, memory_refused: bool, disk_full: bool) -> Ended {
     let error = match result {
         Ok(code) => return Ended::Exited(code),
         Err(error) => error,
@@ -341,6 +412,7 @@ fn ended(result: wasmtime::Result<i32>, memory_refused: bool) -> Ended {
     }
     let status = match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Status::OutOfFuel,
+        Some(Trap::Interrupt) if disk_full => Status::DiskLimit,
         Some(Trap::Interrupt) => Status::Timeout,
         Some(Trap::StackOverflow) => Status::StackOverflow,
         _ if memory_refused => Status::MemoryLimit,
@@ -385,6 +457,7 @@ fn outcome(
                 Status::Timeout => "execution stopped: the time limit was reached".to_owned(),
                 Status::OutOfFuel => "execution stopped: the fuel limit was reached".to_owned(),
                 Status::MemoryLimit => "execution stopped: the memory limit was reached".to_owned(),
+                Status::DiskLimit => "execution stopped: the scratch disk limit was reached".to_owned(),
                 Status::StackOverflow => "execution stopped: the call stack overflowed".to_owned(),
                 _ => format!("execution stopped: the runtime trapped: {}", first_line(&detail)),
             };

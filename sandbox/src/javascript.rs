@@ -58,7 +58,7 @@ impl JavascriptRuntime {
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
         let wasi = wasi(&["chatedge_js", source], scratch.root(), stdin, &stdout, &stderr)?;
-        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline);
+        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline, Some(scratch.root()));
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

@@ -51,6 +51,8 @@ pub enum Status {
     OutOfFuel,
     /// The program asked for more memory than its cap.
     MemoryLimit,
+    /// The program wrote more to its scratch folder than allowed.
+    DiskLimit,
     /// The guest's call stack overflowed.
     StackOverflow,
     /// The runtime trapped for another reason (a bug in the guest runtime, an abort).

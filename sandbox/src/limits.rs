@@ -31,6 +31,8 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Cap per output stream in bytes.
     pub output_bytes: u64,
+    /// Bytes of disk the scratch folder may hold (the operator's, not the request's).
+    pub scratch_bytes: u64,
 }
 
 /// The operator's policy: defaults, ceilings, sizes and concurrency.
@@ -64,6 +66,10 @@ pub struct Policy {
     pub max_artifacts: usize,
     /// Total bytes taken from `/out`.
     pub max_artifact_bytes: usize,
+    /// Disk an execution's scratch folder may hold (`/tmp`, `/out`), each file or folder counting
+    /// at least 32 KiB; checked every 25 ms while the guest runs, so a fast writer may overshoot
+    /// by what it writes in that time.
+    pub max_scratch_bytes: u64,
 }
 
 impl Default for Policy {
@@ -84,6 +90,7 @@ impl Default for Policy {
             max_queued: 64,
             max_artifacts: 16,
             max_artifact_bytes: 16 << 20,
+            max_scratch_bytes: 256 << 20,
         }
     }
 }
@@ -102,6 +109,7 @@ impl Policy {
             fuel: pick("fuel", request.fuel, self.default_fuel, self.max_fuel)?,
             memory_bytes: pick("memory_bytes", request.memory_bytes, self.default_memory_bytes, self.max_memory_bytes)?,
             output_bytes: pick("output_bytes", request.output_bytes, self.default_output_bytes, self.max_output_bytes)?,
+            scratch_bytes: self.max_scratch_bytes,
         })
     }
 }

@@ -173,7 +173,7 @@ impl PythonRuntime {
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
         let wasi = self.files.wasi(scratch.root(), stdin, &stdout, &stderr)?;
-        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline);
+        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline, Some(scratch.root()));
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let begun = turn(&mut store, &instance, BEGIN).await?;

@@ -143,6 +143,14 @@ async fn python_memory_and_output_are_capped() {
     assert!(flood.truncated);
     assert_eq!(flood.stdout.len(), 1 << 20);
     assert_eq!(flood.stdout_bytes, 100_000_000);
+    // The scratch folder is capped too (256 MiB by default): writing without end stops there.
+    let disk = python("with open('/tmp/fill', 'wb') as f:\n    while True:\n        f.write(b'x' * 2**20)").await;
+    assert_eq!(disk.status, Status::DiskLimit, "{disk:?}");
+    assert!(disk.duration_ms < 5_000.0, "stopped by the cap, not the deadline: {disk:?}");
+    let flood = "for i in range(10**6):\n    open(f'/tmp/{i}', 'w').close()";
+    let files =
+        run_with(Language::Python, flood, "", LimitsRequest { timeout_ms: Some(30_000), ..Default::default() }).await;
+    assert_eq!(files.status, Status::DiskLimit, "a flood of empty files counts too: {files:?}");
     still_healthy().await;
 }
 
