@@ -99,9 +99,7 @@ fn native_python() -> Result<Duration> {
 /// `print(1)` through POST /functions/v1/code-execution (auth, rate limit, signed call, RLS row).
 async fn through_function(n: usize) -> Result<(Duration, Duration)> {
     let db = chatedge_tests::TestDb::start().await?;
-    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
-    std::env::set_var("CHATEDGE_BIN", &bin);
-    let host = chatedge_tests::Host::start(
+    let host = crate::host_under_bench(
         &db,
         &[
             ("SPIN_VARIABLE_RATELIMIT_CODE", "1000000/min:1000000"),

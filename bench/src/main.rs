@@ -353,6 +353,16 @@ async fn stream_load(
     Ok((all, start.elapsed()))
 }
 
+/// `chatedge up` on `db` with `vars`, from the `chatedge` binary built beside this one.
+pub(crate) async fn host_under_bench(
+    db: &chatedge_tests::TestDb,
+    vars: &[(&str, &str)],
+) -> Result<chatedge_tests::Host> {
+    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
+    std::env::set_var("CHATEDGE_BIN", &bin);
+    chatedge_tests::Host::start(db, vars).await
+}
+
 /// Chat streams through `chatedge up` (real component, real Postgres, fake OpenAI on loopback)
 /// against the same fake provider called directly.
 async fn chat_streams() -> Result<()> {
@@ -363,10 +373,8 @@ async fn chat_streams() -> Result<()> {
         FakeProvider::start(Vec::new(), Some(fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &refs, 50, 20))))
             .await?;
     let db = chatedge_tests::TestDb::start().await?;
-    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
-    std::env::set_var("CHATEDGE_BIN", &bin);
     let base = format!("{}/v1", fake.origin);
-    let host = chatedge_tests::Host::start(
+    let host = host_under_bench(
         &db,
         &[
             ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),
@@ -459,9 +467,7 @@ async fn uploads() -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     let s3 = chatedge::s3dev::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
     let db = chatedge_tests::TestDb::start().await?;
-    let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
-    std::env::set_var("CHATEDGE_BIN", &bin);
-    let host = chatedge_tests::Host::start(
+    let host = host_under_bench(
         &db,
         &[
             ("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint),

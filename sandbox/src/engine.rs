@@ -91,6 +91,9 @@ pub(crate) fn stored_snapshot(path: &Path, build: impl FnOnce() -> anyhow::Resul
         Ok(stored) => stored,
         Err(_) => {
             let snapshot = build()?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
             std::fs::write(&tmp, &snapshot)?;
             std::fs::rename(&tmp, path)?;

@@ -31,9 +31,9 @@ impl JavascriptRuntime {
         let mut linker = Linker::new(&engines.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let dir = cache_dir.join("javascript");
-        std::fs::create_dir_all(&dir)?;
-        let snapshot_path = dir.join(format!("chatedge_js-{}.wasm", &engine::hex(&Sha256::digest(&wasm))[..16]));
+        let snapshot_path = cache_dir
+            .join("javascript")
+            .join(format!("chatedge_js-{}.wasm", &engine::hex(&Sha256::digest(&wasm))[..16]));
         let snapshot = engine::stored_snapshot(&snapshot_path, || {
             build_snapshot(engines, &wasm, &linker).context("snapshotting the JavaScript runtime")
         })?;
@@ -85,10 +85,10 @@ fn wasi(
 
 /// The guest after `wizer.initialize`: boa's realm and `console` made.
 fn build_snapshot(engines: &Engines, wasm: &[u8], linker: &Linker<GuestState>) -> anyhow::Result<Vec<u8>> {
-    let scratch = tempfile::tempdir()?;
+    let scratch = Scratch::new(&std::env::temp_dir())?;
     let stdout = Capture::new(1 << 16);
     let stderr = Capture::new(1 << 16);
-    let wasi = wasi(&["chatedge_js"], scratch.path(), b"", &stdout, &stderr)?;
+    let wasi = wasi(&["chatedge_js"], scratch.root(), b"", &stdout, &stderr)?;
     engine::snapshot(engines, wasm, linker, wasi, async |store, instance| {
         let initialize = instance
             .get_typed_func::<(), ()>(&mut *store, "wizer.initialize")

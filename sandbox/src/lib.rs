@@ -176,6 +176,7 @@ impl Sandbox {
             Some(wasm) => Some(javascript::JavascriptRuntime::load(&engines, wasm, &config.cache_dir)?),
             None => None,
         };
+        // Only a sandbox holding every runtime knows which compiled modules are still wanted.
         if python.is_some() && javascript.is_some() {
             engines.prune_cache();
         }

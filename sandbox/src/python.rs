@@ -105,7 +105,6 @@ pub(crate) struct PythonRuntime {
 }
 
 /// The unpacked, checked runtime files.
-#[derive(Clone)]
 struct Files {
     /// Holds `python3XY.zip` alone; mounted at `/usr/local/lib`.
     lib_dir: PathBuf,
@@ -301,13 +300,12 @@ fn extract_mpl_data(stdlib: &[u8], dest: &Path) -> anyhow::Result<()> {
 /// The plain reactor snapshotted after its own start-up and one turn importing the stack.
 fn build_snapshot(engines: &Engines, files: &Files) -> anyhow::Result<Vec<u8>> {
     let wasm = std::fs::read(&files.python_wasm)?;
-    let scratch = tempfile::tempdir()?;
-    for sub in ["tmp/matplotlib", "out", "usr/local/lib"] {
-        std::fs::create_dir_all(scratch.path().join(sub))?;
-    }
+    // An execution's folder layout, plus matplotlib's config folder it creates at import.
+    let scratch = Scratch::new(&std::env::temp_dir())?;
+    std::fs::create_dir_all(scratch.root().join("tmp/matplotlib"))?;
     let stdout = Capture::new(1 << 20);
     let stderr = Capture::new(1 << 20);
-    let wasi = files.wasi(scratch.path(), b"", &stdout, &stderr)?;
+    let wasi = files.wasi(scratch.root(), b"", &stdout, &stderr)?;
     let linker = linker(&engines.engine)?;
     engine::snapshot(engines, &wasm, &linker, wasi, async |store, instance| {
         for init in ["_initialize", "wizer.initialize"] {
