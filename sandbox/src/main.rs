@@ -20,6 +20,10 @@ struct Cli {
     /// The boa guest, chatedge_js.wasm (`./dev build` makes it).
     #[arg(long, env = "SANDBOX_JS_WASM")]
     js_wasm: Option<PathBuf>,
+    /// Where per-execution scratch folders are made (default: the system temp folder). A tmpfs
+    /// makes them cheapest; it then holds up to the scratch cap per running execution in RAM.
+    #[arg(long, env = "SANDBOX_SCRATCH_DIR")]
+    scratch_dir: Option<PathBuf>,
     /// Executions at once (default: one per core); 64 more may queue, then 503 sandbox_busy.
     #[arg(long, env = "SANDBOX_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
@@ -62,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::new(&cli.cache_dir);
     config.python_wheel = cli.python_wheel;
     config.javascript_wasm = cli.js_wasm;
+    if let Some(dir) = cli.scratch_dir {
+        config.scratch_dir = dir;
+    }
     if let Some(n) = cli.max_concurrent.filter(|n| *n > 0) {
         config.policy.max_concurrent = n;
     }
