@@ -64,6 +64,23 @@ impl Engines {
         Ok(Engines { engine, cache: Arc::new(cache) })
     }
 
+    /// `data` with this cache's HMAC-SHA256 tag in front (32 bytes), for files that must come
+    /// back unchanged (snapshots, runtime manifests).
+    pub(crate) fn seal(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = self.cache.mac(data);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// The data of a [`Engines::seal`]ed file, or `None` if it was not sealed by this cache (or
+    /// changed since).
+    pub(crate) fn unseal<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let (tag, data) = sealed.split_at_checked(32)?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cache.key).ok()?;
+        mac.update(data);
+        mac.verify_slice(tag).ok().map(|()| data)
+    }
+
     /// `wasm` compiled for this engine, from the cache when an entry we signed exists.
     pub(crate) fn module(&self, wasm: &[u8]) -> anyhow::Result<Module> {
         self.cache.module(&self.engine, wasm)
@@ -84,18 +101,30 @@ impl Engines {
 }
 
 /// The snapshot stored at `path` (named `<kind>-<key>.wasm`), made by `build` and stored there
-/// when this machine has none yet. Older ones of its kind are removed: nothing loads them any
+/// when this machine has none yet, sealed with the cache's key: a file changed since (or not
+/// ours) is rebuilt, never loaded. Older ones of its kind are removed: nothing loads them any
 /// more (each is 7-150 MB).
-pub(crate) fn stored_snapshot(path: &Path, build: impl FnOnce() -> anyhow::Result<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
-    let snapshot = match std::fs::read(path) {
-        Ok(stored) => stored,
-        Err(_) => {
+pub(crate) fn stored_snapshot(
+    engines: &Engines,
+    path: &Path,
+    build: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<u8>> {
+    let stored = std::fs::read(path).ok().and_then(|sealed| {
+        let data = engines.unseal(&sealed).map(<[u8]>::to_vec);
+        if data.is_none() {
+            tracing::warn!(path = %path.display(), "refusing a snapshot this cache did not seal; rebuilding it");
+        }
+        data
+    });
+    let snapshot = match stored {
+        Some(snapshot) => snapshot,
+        None => {
             let snapshot = build()?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &snapshot)?;
+            std::fs::write(&tmp, engines.seal(&snapshot))?;
             std::fs::rename(&tmp, path)?;
             snapshot
         }
@@ -269,14 +298,22 @@ pub(crate) struct GuestState {
     disk: Option<DiskWatch>,
 }
 
-/// How often the scratch folder's size is checked while the guest runs.
+/// How often the scratch folder's size is measured while the guest runs.
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(25);
 
-/// The scratch folder's disk use against its cap. WASI offers no quota, so the folder is measured
-/// (allocated blocks, so sparse files count for what they occupy) from the epoch callback.
+/// The scratch folder's disk use against its cap. WASI offers no quota, so two things bound it:
+/// every write to a file is refused *before* it lands once the last measurement plus what was
+/// written since would pass the cap, and the folder is measured again (allocated blocks, so
+/// sparse files count for what they occupy; every entry at least 32 KiB, so floods of empty
+/// files count) from the epoch callback. Measured through a capability on the root, without
+/// following links.
 struct DiskWatch {
-    root: PathBuf,
+    root: cap_std::fs::Dir,
     cap: u64,
+    /// Bytes the folder held at the last measurement.
+    measured: u64,
+    /// Bytes written to files since then.
+    written: u64,
     next_check: Instant,
     exceeded: bool,
 }
@@ -284,38 +321,173 @@ struct DiskWatch {
 impl DiskWatch {
     /// Whether the folder is over its cap, measured at most once per [`DISK_CHECK_EVERY`].
     fn over(&mut self, now: Instant) -> bool {
+        if self.exceeded {
+            return true;
+        }
         if now < self.next_check {
             return false;
         }
-        self.exceeded = disk_use_over(&self.root, self.cap);
+        match disk_use(&self.root, self.cap) {
+            Some(used) => {
+                self.measured = used;
+                self.written = 0;
+            }
+            None => self.exceeded = true,
+        }
         // A folder of thousands of files takes milliseconds to measure: keep that under ~20%
         // of the guest's time.
         self.next_check = Instant::now() + DISK_CHECK_EVERY.max(now.elapsed() * 4);
         self.exceeded
     }
+
+    /// Admits a write of `len` bytes, or marks the cap reached and refuses it.
+    fn admit(&mut self, len: u64) -> bool {
+        let after = self.measured.saturating_add(self.written).saturating_add(len);
+        if self.exceeded || after > self.cap {
+            self.exceeded = true;
+            return false;
+        }
+        self.written += len;
+        true
+    }
 }
 
-/// Whether the files below `root` occupy more than `cap` bytes; stops counting once they do.
-fn disk_use_over(root: &Path, cap: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
+/// What the files below `root` occupy, or `None` once that passes `cap` (the walk stops there).
+fn disk_use(root: &cap_std::fs::Dir, cap: u64) -> Option<u64> {
+    use cap_fs_ext::DirExt;
     let mut used = 0u64;
-    let mut folders = vec![root.to_owned()];
+    let mut folders = vec![root.try_clone().ok()?];
     while let Some(folder) = folders.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        let Ok(entries) = folder.entries() else { continue };
         for entry in entries.filter_map(Result::ok) {
-            let Ok(meta) = entry.metadata() else { continue };
-            // Each entry costs at least 32 KiB, so a flood of empty files counts (and the walk
-            // stays short: 256 MiB allows 8,192 entries).
-            used = used.saturating_add((meta.blocks().saturating_mul(512)).max(32 << 10));
+            // The entry itself (a link is a link, not what it names), by its allocated blocks.
+            let name = entry.file_name();
+            let Ok(stat) = rustix::fs::statat(&folder, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let blocks = u64::try_from(stat.st_blocks).unwrap_or(0);
+            used = used.saturating_add(blocks.saturating_mul(512).max(32 << 10));
             if used > cap {
-                return true;
+                return None;
             }
-            if meta.is_dir() {
-                folders.push(entry.path());
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+                if let Ok(sub) = folder.open_dir_nofollow(&name) {
+                    folders.push(sub);
+                }
             }
         }
     }
-    false
+    Some(used)
+}
+
+/// The `(fd, iovs, iovs_len, ...)` parameters of WASIp1's write calls.
+const FIRST_FILE_FD: i32 = 3;
+
+/// Puts WASIp1's `fd_write` and `fd_pwrite` in `linker` behind a check: a write to a file (not
+/// stdout or stderr, which are captured under their own cap) that would take the scratch folder
+/// past its cap is refused before it lands (the call traps and the execution ends as
+/// `disk_limit`); one that fits goes to WASI's own implementation. `linker` must already hold
+/// WASI's functions (they are shadowed here).
+pub(crate) fn add_write_budget(linker: &mut Linker<GuestState>) -> anyhow::Result<()> {
+    use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
+    linker.allow_shadowing(true);
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "fd_write",
+            |mut caller: wasmtime::Caller<'_, GuestState>, (fd, iovs, iovs_len, nwritten): (i32, i32, i32, i32)| {
+                Box::new(async move {
+                    check_write(&mut caller, fd, iovs, iovs_len)?;
+                    let memory = guest_memory(&mut caller)?;
+                    let fuel = hostcall_fuel(&mut caller);
+                    let (data, state) = memory.data_and_store_mut(&mut caller);
+                    p1::WasiSnapshotPreview1::set_hostcall_fuel(&mut state.wasi, fuel);
+                    p1::fd_write(
+                        &mut state.wasi,
+                        &mut wiggle::GuestMemory::Unshared(data),
+                        fd,
+                        iovs,
+                        iovs_len,
+                        nwritten,
+                    )
+                    .await
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    linker
+        .func_wrap_async(
+            "wasi_snapshot_preview1",
+            "fd_pwrite",
+            |mut caller: wasmtime::Caller<'_, GuestState>,
+             (fd, iovs, iovs_len, offset, nwritten): (i32, i32, i32, i64, i32)| {
+                Box::new(async move {
+                    check_write(&mut caller, fd, iovs, iovs_len)?;
+                    let memory = guest_memory(&mut caller)?;
+                    let fuel = hostcall_fuel(&mut caller);
+                    let (data, state) = memory.data_and_store_mut(&mut caller);
+                    p1::WasiSnapshotPreview1::set_hostcall_fuel(&mut state.wasi, fuel);
+                    p1::fd_pwrite(
+                        &mut state.wasi,
+                        &mut wiggle::GuestMemory::Unshared(data),
+                        fd,
+                        iovs,
+                        iovs_len,
+                        offset,
+                        nwritten,
+                    )
+                    .await
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// How much a host call may copy out of guest memory, as the store allows; wiggle's own
+/// wrappers hand it to WASI before every call, and so must these (WASI refuses a copy past it
+/// with `ENOMEM`).
+fn hostcall_fuel(caller: &mut wasmtime::Caller<'_, GuestState>) -> usize {
+    wasmtime::AsContextMut::as_context_mut(caller).hostcall_fuel()
+}
+
+fn guest_memory(caller: &mut wasmtime::Caller<'_, GuestState>) -> wasmtime::Result<wasmtime::Memory> {
+    match caller.get_export("memory") {
+        Some(wasmtime::Extern::Memory(memory)) => Ok(memory),
+        _ => Err(wasmtime::format_err!("the guest exports no memory")),
+    }
+}
+
+/// Refuses (as a trap) a file write of the iovecs at `iovs` that would pass the disk budget.
+fn check_write(
+    caller: &mut wasmtime::Caller<'_, GuestState>,
+    fd: i32,
+    iovs: i32,
+    iovs_len: i32,
+) -> wasmtime::Result<()> {
+    if fd < FIRST_FILE_FD || caller.data().disk.is_none() {
+        return Ok(());
+    }
+    let Some(wasmtime::Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Ok(()); // WASI itself will refuse the call
+    };
+    let data = memory.data(&*caller);
+    let mut total = 0u64;
+    let count = usize::try_from(iovs_len).unwrap_or(0);
+    let base = iovs as u32 as usize;
+    for i in 0..count {
+        // Each iovec is (buf: u32, buf_len: u32); a bad pointer is WASI's to refuse.
+        let at = base.saturating_add(i.saturating_mul(8)).saturating_add(4);
+        let Some(len) = data.get(at..at + 4) else { break };
+        total = total.saturating_add(u64::from(u32::from_le_bytes([len[0], len[1], len[2], len[3]])));
+    }
+    let admitted = caller.data_mut().disk.as_mut().is_none_or(|disk| disk.admit(total));
+    if admitted {
+        Ok(())
+    } else {
+        Err(Trap::Interrupt.into())
+    }
 }
 
 /// Refuses linear-memory growth past the cap (the guest's allocator then fails: Python raises
@@ -346,12 +518,14 @@ pub(crate) fn store(
     wasi: WasiP1Ctx,
     limits: &Limits,
     deadline: Instant,
-    scratch: Option<&Path>,
+    scratch: Option<cap_std::fs::Dir>,
 ) -> Store<GuestState> {
     let cap = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
     let disk = scratch.map(|root| DiskWatch {
-        root: root.to_owned(),
+        root,
         cap: limits.scratch_bytes,
+        measured: 0,
+        written: 0,
         next_check: Instant::now() + DISK_CHECK_EVERY,
         exceeded: false,
     });
@@ -418,10 +592,26 @@ fn ended(result: wasmtime::Result<i32>, memory_refused: bool, disk_full: bool) -
         Some(Trap::Interrupt) if disk_full => Status::DiskLimit,
         Some(Trap::Interrupt) => Status::Timeout,
         Some(Trap::StackOverflow) => Status::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if shadow_stack_overflow(&error) => Status::StackOverflow,
         _ if memory_refused => Status::MemoryLimit,
         _ => Status::Crashed,
     };
     Ended::Stopped(status, format!("{error:?}"))
+}
+
+/// Whether an out-of-bounds trap is the guest's own stack running out. The guests (wasi-sdk's
+/// CPython, Rust's boa) keep their call stack in linear memory, placed first, growing down
+/// from its top toward address 0; one frame too many wraps below 0 to an address just under
+/// 4 GiB, which no guest data can be at (the memory cap is far below it).
+fn shadow_stack_overflow(error: &wasmtime::Error) -> bool {
+    const WRAPPED_BELOW: u64 = 0xFFFF_0000;
+    error.chain().any(|cause| {
+        let text = cause.to_string();
+        text.strip_prefix("memory fault at wasm address 0x")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|address| address >= WRAPPED_BELOW)
+    })
 }
 
 /// Runs `call` against `store` under the wall deadline: the epoch callback stops busy guests,
@@ -462,7 +652,10 @@ fn outcome(
                 Status::MemoryLimit => "execution stopped: the memory limit was reached".to_owned(),
                 Status::DiskLimit => "execution stopped: the scratch disk limit was reached".to_owned(),
                 Status::StackOverflow => "execution stopped: the call stack overflowed".to_owned(),
-                _ => format!("execution stopped: the runtime trapped: {}", first_line(&detail)),
+                _ => {
+                    tracing::debug!("guest trapped: {detail}");
+                    format!("execution stopped: the runtime trapped: {}", first_line(&detail))
+                }
             };
             stderr_text.push_str(&note);
             (status, None)
@@ -492,22 +685,42 @@ mod tests {
 
     #[test]
     fn a_stored_snapshot_is_reused_and_replaces_older_ones_of_its_kind() -> anyhow::Result<()> {
+        let cache = tempfile::tempdir()?;
+        let engines = Engines::new(cache.path(), &Policy { max_concurrent: 1, ..Policy::default() })?;
         let dir = tempfile::tempdir()?;
         for (name, body) in [("stack-old.wasm", "old"), ("stack-new.wasm", "new"), ("chatedge_js-1.wasm", "js")] {
-            std::fs::write(dir.path().join(name), body)?;
+            std::fs::write(dir.path().join(name), engines.seal(body.as_bytes()))?;
         }
-        let stored = stored_snapshot(&dir.path().join("stack-new.wasm"), || anyhow::bail!("must not rebuild"))?;
+        let stored =
+            stored_snapshot(&engines, &dir.path().join("stack-new.wasm"), || anyhow::bail!("must not rebuild"))?;
         assert_eq!(stored, b"new");
         assert!(!dir.path().join("stack-old.wasm").exists());
         assert!(dir.path().join("chatedge_js-1.wasm").exists(), "another kind is kept");
 
-        let built = stored_snapshot(&dir.path().join("stack-next.wasm"), || Ok(b"next".to_vec()))?;
+        let built = stored_snapshot(&engines, &dir.path().join("stack-next.wasm"), || Ok(b"next".to_vec()))?;
         assert_eq!(built, b"next");
-        assert_eq!(std::fs::read(dir.path().join("stack-next.wasm"))?, b"next");
+        assert_eq!(engines.unseal(&std::fs::read(dir.path().join("stack-next.wasm"))?), Some(&b"next"[..]));
         assert!(!dir.path().join("stack-new.wasm").exists());
-        let failed = stored_snapshot(&dir.path().join("stack-broken.wasm"), || anyhow::bail!("guest trapped"));
+        let failed =
+            stored_snapshot(&engines, &dir.path().join("stack-broken.wasm"), || anyhow::bail!("guest trapped"));
         assert!(failed.is_err());
         assert!(dir.path().join("stack-next.wasm").exists(), "a failed build removes nothing");
+        Ok(())
+    }
+
+    #[test]
+    fn a_changed_snapshot_is_rebuilt_not_loaded() -> anyhow::Result<()> {
+        let cache = tempfile::tempdir()?;
+        let engines = Engines::new(cache.path(), &Policy { max_concurrent: 1, ..Policy::default() })?;
+        let path = cache.path().join("stack-a.wasm");
+        let mut sealed = engines.seal(b"good");
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        std::fs::write(&path, &sealed)?;
+        assert_eq!(stored_snapshot(&engines, &path, || Ok(b"rebuilt".to_vec()))?, b"rebuilt");
+        // Nor is one without a seal at all (written by something else).
+        std::fs::write(&path, b"plain wasm")?;
+        assert_eq!(stored_snapshot(&engines, &path, || Ok(b"rebuilt again".to_vec()))?, b"rebuilt again");
         Ok(())
     }
 }

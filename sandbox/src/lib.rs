@@ -11,7 +11,6 @@ mod javascript;
 mod limits;
 mod python;
 pub mod serve;
-mod typescript;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ pub enum Language {
     Python,
     /// ECMAScript on boa.
     Javascript,
-    /// TypeScript: types stripped natively by oxc, then run as JavaScript.
+    /// TypeScript: types stripped by oxc inside the JavaScript guest, then run as JavaScript.
     Typescript,
 }
 
@@ -251,24 +250,17 @@ impl Sandbox {
         }
         let _permit = self.slot().await?;
         let scratch = Scratch::new(&inner.scratch_dir)?;
-        let mut outcome = match language {
+        let outcome = match language {
             Language::Python => {
                 let python = inner.python.as_ref().ok_or_else(|| unavailable("python"))?;
                 python.run(code, stdin, &limits, &scratch).await
             }
             Language::Javascript | Language::Typescript => {
                 let js = inner.javascript.as_ref().ok_or_else(|| unavailable("javascript"))?;
-                let source = if language == Language::Typescript {
-                    match typescript::strip_types(code) {
-                        Ok(js) => js,
-                        Err(message) => return Ok(Outcome::compile_error(message)),
-                    }
-                } else {
-                    code.to_owned()
-                };
-                js.run(&source, stdin, &limits, &scratch).await
+                js.run(code, language == Language::Typescript, stdin, &limits, &scratch).await
             }
-        }?;
+        };
+        let mut outcome = outcome?;
         outcome.artifacts = scratch.artifacts(&inner.policy);
         // Removing the folder costs ~0.4 ms on ext4; the answer need not wait for it.
         tokio::task::spawn_blocking(move || drop(scratch));
@@ -280,14 +272,34 @@ impl Sandbox {
         if let Ok(permit) = inner.slots.try_acquire() {
             return Ok(permit);
         }
-        // A bounded queue: past `max_queued` waiters, refuse at once rather than pile up.
-        if inner.waiting.fetch_add(1, Ordering::SeqCst) >= inner.policy.max_queued {
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(SandboxError::Busy);
-        }
-        let permit = inner.slots.acquire().await;
-        inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        permit.map_err(|_| SandboxError::Busy)
+        // A bounded queue: past `max_queued` waiters, refuse at once rather than pile up. The
+        // place in the queue is a guard, so a caller that gives up while waiting (its future
+        // dropped: a client gone, a timeout) leaves the queue too.
+        let _waiting = QueuePlace::take(&inner.waiting, inner.policy.max_queued).ok_or(SandboxError::Busy)?;
+        inner.slots.acquire().await.map_err(|_| SandboxError::Busy)
+    }
+
+    /// Executions waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// One place in the bounded wait queue, given back when dropped however the wait ends.
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(counter: &'a AtomicUsize, max: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| QueuePlace(counter))
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -295,34 +307,25 @@ fn unavailable(language: &str) -> SandboxError {
     SandboxError::Unavailable(format!("the {language} runtime is not installed in this sandbox"))
 }
 
-impl Outcome {
-    fn compile_error(message: String) -> Self {
-        Outcome {
-            status: Status::CompileError,
-            exit_code: None,
-            stdout: String::new(),
-            stderr_bytes: message.len() as u64,
-            stderr: message,
-            truncated: false,
-            stdout_bytes: 0,
-            duration_ms: 0.0,
-            fuel_used: 0,
-            artifacts: Vec::new(),
-        }
-    }
-}
-
 /// One execution's private root folder: `/` to the guest, with `tmp/` and `out/`; removed when
-/// dropped.
+/// dropped. Only its owner can enter it (0700, as are the folders inside).
+///
+/// Everything inside is the guest's to shape: it may replace `out` or any file with a link
+/// pointing anywhere. The host therefore reads it only through [`Scratch::dir`], a capability
+/// handle on the root that cannot resolve a path outside it, and never follows a link at all.
+/// Removal is `std::fs::remove_dir_all`, which does not follow links either.
 pub(crate) struct Scratch {
     dir: tempfile::TempDir,
 }
 
 impl Scratch {
     fn new(base: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = tempfile::Builder::new().prefix("chatedge-run-").tempdir_in(base)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
         for sub in ["tmp", "out", "usr/local/lib"] {
-            std::fs::create_dir_all(dir.path().join(sub))?;
+            builder.create(dir.path().join(sub))?;
         }
         Ok(Scratch { dir })
     }
@@ -331,29 +334,63 @@ impl Scratch {
         self.dir.path()
     }
 
-    /// Regular files the program left in `/out`, within the artifact caps; links and folders are
-    /// skipped (a guest cannot make links out of its preopen, but the check is cheap).
+    /// The root as a capability: no path through it leaves the folder.
+    pub(crate) fn dir(&self) -> std::io::Result<cap_std::fs::Dir> {
+        cap_std::fs::Dir::open_ambient_dir(self.dir.path(), cap_std::ambient_authority())
+    }
+
+    /// Regular files the program left in `/out`, within the artifact caps. `/out` itself must be
+    /// a real folder and each file a regular file, opened without following links; a file's
+    /// size is checked before a byte of it is read.
     pub(crate) fn artifacts(&self, policy: &Policy) -> Vec<Artifact> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("out")) else {
-            return Vec::new();
-        };
-        let mut files: Vec<(String, PathBuf)> = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-            .collect();
-        files.sort();
+        match self.collect_artifacts(policy) {
+            Ok(artifacts) => artifacts,
+            Err(e) => {
+                tracing::debug!("no artifacts: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn collect_artifacts(&self, policy: &Policy) -> std::io::Result<Vec<Artifact>> {
+        use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+        use std::io::Read;
+        let out = self.dir()?.open_dir_nofollow("out")?;
+        let mut names = Vec::new();
+        for entry in out.entries()? {
+            let entry = entry?;
+            // The entry's own type, never its target's.
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+            if names.len() > policy.max_artifacts.saturating_mul(16).max(1024) {
+                break; // a flood of files: the first ones are enough to choose from
+            }
+        }
+        names.sort();
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.read(true).follow(FollowSymlinks::No);
         let mut total = 0usize;
-        let mut out = Vec::new();
-        for (name, path) in files.into_iter().take(policy.max_artifacts) {
-            let Ok(data) = std::fs::read(&path) else { continue };
-            if total + data.len() > policy.max_artifact_bytes {
+        let mut artifacts = Vec::new();
+        for name in names.into_iter().take(policy.max_artifacts) {
+            let Ok(file) = out.open_with(&name, &options) else { continue };
+            let Ok(meta) = file.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+            if total.saturating_add(len) > policy.max_artifact_bytes {
                 break;
             }
+            // Read at most what was measured: a file still growing cannot push past the cap.
+            let mut data = Vec::with_capacity(len);
+            if file.take(len as u64).read_to_end(&mut data).is_err() {
+                continue;
+            }
             total += data.len();
-            out.push(Artifact { mime_type: media_type(&data).to_owned(), name, data });
+            artifacts.push(Artifact { mime_type: media_type(&data).to_owned(), name, data });
         }
-        out
+        Ok(artifacts)
     }
 }
 

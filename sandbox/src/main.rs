@@ -36,8 +36,15 @@ enum Command {
     /// Serve `POST /v1/execute` (HMAC-signed) and `GET /health`.
     Serve {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:3100")]
+        #[arg(long, default_value = "127.0.0.1:3100", conflicts_with = "listen_fd")]
         listen: SocketAddr,
+        /// Serve on an already listening socket inherited as this file descriptor (how
+        /// `chatedge up` runs its supervised sandbox child).
+        #[arg(long)]
+        listen_fd: Option<i32>,
+        /// Load the runtimes at start (in the background) instead of on the first execution.
+        #[arg(long)]
+        warm: bool,
         /// Shared secret the code-execution function signs with.
         #[arg(long, env = "SANDBOX_SECRET", hide_env_values = true)]
         secret: String,
@@ -72,15 +79,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = cli.max_concurrent.filter(|n| *n > 0) {
         config.policy.max_concurrent = n;
     }
-    let sandbox = Sandbox::load(&config)?;
-    let loader = sandbox::serve::Loader::ready(sandbox.clone(), config);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Prepare => {
+            let sandbox = Sandbox::load(&config)?;
             println!("ready: {:?}", sandbox.languages());
             Ok(())
         }
         Command::Run { language, code, timeout_ms } => {
+            let sandbox = Sandbox::load(&config)?;
             let language: Language = serde_json::from_value(serde_json::Value::String(language))
                 .context("language must be python, javascript or typescript")?;
             let limits = LimitsRequest { timeout_ms, ..Default::default() };
@@ -88,13 +95,38 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             Ok(())
         }
-        Command::Serve { listen, secret } => runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            tracing::info!("sandbox listening on http://{}", listener.local_addr()?);
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+        Command::Serve { listen, listen_fd, warm, secret } => runtime.block_on(async {
+            let listener = match listen_fd {
+                Some(fd) => {
+                    use std::os::fd::FromRawFd;
+                    // SAFETY: the parent passed this descriptor to us for this purpose alone; it
+                    // is owned by nothing else in this process.
+                    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)?
+                }
+                None => tokio::net::TcpListener::from_std({
+                    let l = netserve::bind(listen)?;
+                    l.set_nonblocking(true)?;
+                    l
+                })?,
             };
-            sandbox::serve::serve(listener, loader, secret.into_bytes(), shutdown).await
+            tracing::info!("sandbox listening on http://{}", listener.local_addr()?);
+            // Runtimes load on the first execution, or now in the background with --warm
+            // (minutes the first time on a machine); requests wait for the load.
+            let loader = sandbox::serve::Loader::new(config);
+            if warm {
+                loader.warm();
+            }
+            let shutdown = async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            };
+            let limits = netserve::Limits::from_env("SANDBOX");
+            sandbox::serve::serve(listener, loader, secret.into_bytes(), limits, shutdown).await
         }),
     }
 }

