@@ -35,12 +35,13 @@ pub fn caps() -> Result<Option<Caps>, ApiError> {
     Ok((tokens.is_some() || usd.is_some()).then_some(Caps { tokens, usd }))
 }
 
-/// A reservation; released (settled at zero) when dropped unsettled, so no path leaks it.
+/// A reservation; released (settled at zero) when dropped unsettled, so no path leaks it (and
+/// one whose instance dies is released by `chatedge.maintain`, from its `budget_holds` row).
 pub struct Hold {
+    hold_id: String,
     user_id: String,
     day: String,
     tokens: u64,
-    usd: f64,
     settled: bool,
 }
 
@@ -49,8 +50,9 @@ fn unavailable() -> ApiError {
         .with_header("retry-after", "1")
 }
 
-fn usd_text(usd: f64) -> ParameterValue {
-    ParameterValue::Str(format!("{:.8}", usd.max(0.0)))
+/// A USD amount as a `numeric` parameter (Spin's driver takes only a decimal for one).
+fn usd_decimal(usd: f64) -> ParameterValue {
+    ParameterValue::Decimal(format!("{:.8}", if usd.is_finite() { usd.max(0.0) } else { 0.0 }))
 }
 
 fn text(v: Option<&DbValue>) -> String {
@@ -83,16 +85,16 @@ pub type Query<'a> = dyn FnMut(&str, &[ParameterValue]) -> Result<RowSet, ApiErr
 /// once that transaction commits (a rolled-back reservation never existed, so nothing must be
 /// released for it).
 pub struct Reserved {
+    hold_id: String,
     user_id: String,
     day: String,
     tokens: u64,
-    usd: f64,
 }
 
 impl Reserved {
     /// The reservation's transaction committed: from now on it must be settled or released.
     pub fn committed(self) -> Hold {
-        Hold { user_id: self.user_id, day: self.day, tokens: self.tokens, usd: self.usd, settled: false }
+        Hold { hold_id: self.hold_id, user_id: self.user_id, day: self.day, tokens: self.tokens, settled: false }
     }
 }
 
@@ -107,14 +109,14 @@ pub fn reserve_with(
     usd: f64,
 ) -> Result<Reserved, ApiError> {
     let rows = query(
-        "select allowed, day::text, tokens_used, usd_used::text, tokens_reserved, usd_reserved::text \
-         from chatedge.budget_reserve($1::uuid, $2::bigint, $3::numeric, $4::bigint, $5::numeric)",
+        "select allowed, day::text, tokens_used, usd_used::text, tokens_reserved, usd_reserved::text, hold_id::text \
+         from chatedge.budget_reserve($1, $2, $3, $4, $5)",
         &[
-            ParameterValue::Str(user_id.to_owned()),
+            ParameterValue::Uuid(user_id.to_owned()),
             ParameterValue::Int64(tokens.min(i64::MAX as u64) as i64),
-            usd_text(usd),
+            usd_decimal(usd),
             caps.tokens.map(|t| ParameterValue::Int64(t.min(i64::MAX as u64) as i64)).unwrap_or(ParameterValue::DbNull),
-            caps.usd.map(usd_text).unwrap_or(ParameterValue::DbNull),
+            caps.usd.map(usd_decimal).unwrap_or(ParameterValue::DbNull),
         ],
     )?;
     let row = rows.rows.first().ok_or_else(unavailable)?;
@@ -131,7 +133,7 @@ pub fn reserve_with(
             .with_detail("requested_tokens", tokens)
             .with_header("retry-after", retry.to_string()));
     }
-    Ok(Reserved { user_id: user_id.to_owned(), day, tokens, usd })
+    Ok(Reserved { hold_id: text(row.get(6)), user_id: user_id.to_owned(), day, tokens })
 }
 
 /// Reserves on a connection of its own (one autocommit statement). Only for callers that hold
@@ -153,14 +155,15 @@ impl Hold {
     /// that transaction commits.
     pub fn settle_statement(&self, tokens: u64, usd: f64) -> (&'static str, Vec<ParameterValue>) {
         (
-            "select chatedge.budget_settle($1::uuid, $2::date, $3::bigint, $4::numeric, $5::bigint, $6::numeric)",
+            // `$3::text::date`: the day travels as text (the driver has no date-from-text), cast
+            // by the statement.
+            "select chatedge.budget_settle($1, $2, $3::text::date, $4, $5)",
             vec![
-                ParameterValue::Str(self.user_id.clone()),
+                ParameterValue::Uuid(self.hold_id.clone()),
+                ParameterValue::Uuid(self.user_id.clone()),
                 ParameterValue::Str(self.day.clone()),
-                ParameterValue::Int64(self.tokens.min(i64::MAX as u64) as i64),
-                usd_text(self.usd),
                 ParameterValue::Int64(tokens.min(i64::MAX as u64) as i64),
-                usd_text(usd),
+                usd_decimal(usd),
             ],
         )
     }
@@ -177,7 +180,7 @@ impl Drop for Hold {
             return;
         }
         let (sql, params) = self.settle_statement(0, 0.0);
-        let released = connect().ok().map(|c| c.query(sql, &params).is_ok());
+        let released = connect().ok().map(|c| c.execute(sql, &params).is_ok());
         if released != Some(true) {
             eprintln!("budget: could not release a reservation of {} tokens", self.tokens);
         }
@@ -188,14 +191,17 @@ impl Drop for Hold {
 pub fn status(user_id: &str) -> Result<serde_json::Value, ApiError> {
     let caps = caps()?;
     let conn = connect()?;
+    // Aggregated into one row: a query with no rows never returns on Spin 4.0.2 (its
+    // spin:postgres@4 waits for the columns, sent with the first row).
     let rows = conn
         .query(
-            "select day::text, tokens_used, usd_used::text, tokens_reserved, usd_reserved::text \
-             from chatedge.budget_status($1::uuid)",
-            &[ParameterValue::Str(user_id.to_owned())],
+            "select max(s.day)::text, coalesce(max(s.tokens_used), 0)::int8, coalesce(max(s.usd_used), 0)::text, \
+             coalesce(max(s.tokens_reserved), 0)::int8, coalesce(max(s.usd_reserved), 0)::text, count(*) \
+             from chatedge.budget_status($1) s",
+            &[ParameterValue::Uuid(user_id.to_owned())],
         )
-        .map_err(|_| unavailable())?;
-    let row = rows.rows.first();
+        .map_err(|e| unavailable().logged(format!("{e:?}")))?;
+    let row = rows.rows.first().filter(|r| matches!(r.get(5), Some(DbValue::Int64(n)) if *n > 0));
     Ok(serde_json::json!({
         "tokens_cap": caps.and_then(|c| c.tokens),
         "usd_cap": caps.and_then(|c| c.usd),

@@ -370,6 +370,32 @@ pub fn context_messages(req: &ChatRequest, system_prompt: Option<&str>, history:
     out
 }
 
+/// Tokens an image part may cost, at most, whatever its size in the request: OpenAI's
+/// high-detail tiling tops out near 1,500 tokens for a 2048 px image, Anthropic's at about
+/// 1,600 (1.15 megapixels / 750). A URL or a small data URL would otherwise count as its bytes.
+pub const IMAGE_PART_TOKENS: u64 = 2_000;
+/// What tool use adds to a prompt beyond the tool definitions' own bytes (Anthropic's tool-use
+/// system prompt is 300-350 tokens; OpenAI's is smaller).
+pub const TOOLS_OVERHEAD_TOKENS: u64 = 500;
+
+/// An upper bound on a request's prompt tokens, for budget reservations: every byte of the
+/// upstream payload a token (no tokenizer makes more tokens than bytes of text), each non-text
+/// content part (an image, audio or a file) at [`IMAGE_PART_TOKENS`], plus
+/// [`TOOLS_OVERHEAD_TOKENS`] when tools are offered.
+pub fn prompt_token_bound(payload_bytes: usize, messages: &[Value], tools: bool) -> u64 {
+    let media_parts = messages
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|part| part["type"].as_str().is_some_and(|t| t != "text"))
+        .count() as u64;
+    (payload_bytes as u64).saturating_add(media_parts.saturating_mul(IMAGE_PART_TOKENS)).saturating_add(if tools {
+        TOOLS_OVERHEAD_TOKENS
+    } else {
+        0
+    })
+}
+
 /// The OpenAI-format request body before provider translation.
 pub fn openai_body(req: &ChatRequest, model: &str, messages: Vec<Value>) -> Value {
     let mut body = req.passthrough.clone();
@@ -426,6 +452,17 @@ pub fn provider_config(
     byo_key: Option<&str>,
 ) -> Result<ProviderConfig, ApiError> {
     let prefix = variable_prefix(provider);
+    // An OpenAI-compatible server has no official URL: unset means not configured (never a
+    // guessed local address).
+    if provider == Provider::OpenAiCompatible && var("compatible_base_url").is_none() {
+        return Err(ApiError::unavailable(
+            "provider_not_configured",
+            "provider 'openai_compatible' is not configured: set the variable 'compatible_base_url' \
+             (SPIN_VARIABLE_COMPATIBLE_BASE_URL) to the server's /v1 URL",
+        )
+        .with_detail("provider", provider.name())
+        .with_detail("variable", "compatible_base_url"));
+    }
     let base_url = var(&format!("{prefix}_base_url")).unwrap_or_else(|| provider.default_base_url().to_owned());
     let official = base_url.trim_end_matches('/') == provider.default_base_url();
     let api_key = match byo_key.map(str::trim).filter(|k| !k.is_empty()) {
@@ -577,11 +614,10 @@ impl CallFailure {
             CallFailure::Status { status: 400 | 404 | 413 | 422, message, .. } => {
                 ApiError::bad_request("provider_rejected_request", format!("{name} rejected the request: {message}"))
             }
-            CallFailure::Status { status: 401 | 403, message, .. } => ApiError::new(
-                502,
-                "provider_auth_failed",
-                format!("{name} refused the API key: {message}"),
-            ),
+            // The provider's own words would quote (part of) the key: never passed on.
+            CallFailure::Status { status: 401 | 403, .. } => {
+                ApiError::new(502, "provider_auth_failed", format!("{name} refused the API key"))
+            }
             CallFailure::Status { status, message, .. } => {
                 ApiError::new(502, "provider_error", format!("{name} failed with HTTP {status}: {message}"))
             }
@@ -600,13 +636,50 @@ impl CallFailure {
     }
 }
 
-/// The message of an upstream error body (any provider's shape), or its first bytes.
+/// The message of an upstream error body (any provider's shape), or its first bytes, with
+/// anything that looks like a credential masked ([`redact_secrets`]).
 pub fn upstream_error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
+    let message = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| crate::providers::UpstreamError::from_body(&v))
         .map(|e| e.message)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned())
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned());
+    redact_secrets(&message)
+}
+
+/// `text` with every word that looks like an API key or a masked one replaced by
+/// `[redacted]`: key prefixes (`sk-`, `sk_`, `pk-`, `rk-`, `key-`, `sess-`), runs of `*` (the
+/// providers' "sk-proj-****abcd" echo), and long unbroken letter-digit runs. Provider error
+/// messages quote the key they refused; neither clients nor stored rows may ever see it.
+pub fn redact_secrets(text: &str) -> String {
+    let looks_secret = |word: &str| {
+        let w = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '*');
+        let lower = w.to_ascii_lowercase();
+        let prefixed =
+            ["sk-", "sk_", "pk-", "pk_", "rk-", "key-", "sess-", "sk-ant-"].iter().any(|p| lower.starts_with(p));
+        let masked = w.contains("***");
+        let long_mixed = w.len() >= 24
+            && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && w.bytes().any(|b| b.is_ascii_digit())
+            && w.bytes().any(|b| b.is_ascii_alphabetic());
+        prefixed || masked || long_mixed
+    };
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if looks_secret(word) {
+            out.push_str("[redacted]");
+            // Keep the sentence's punctuation.
+            if let Some(p) = word.chars().last().filter(|c| matches!(c, '.' | ',' | ';' | ')')) {
+                out.push(p);
+            }
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
 }
 
 /// The OpenAI-shaped error event sent inside a stream that fails after it began.
@@ -739,8 +812,16 @@ mod tests {
         let c = provider_config(Provider::OpenAi, &vars(&[("openai_api_key", "sk-server")]), Some("sk-user")).unwrap();
         assert_eq!(c.api_key, "sk-user");
         assert_eq!(c.default_model, "gpt-4o-mini");
-        let c = provider_config(Provider::OpenAiCompatible, &vars(&[]), None).unwrap();
-        assert_eq!(c.base_url, Provider::OpenAiCompatible.default_base_url());
+        // An OpenAI-compatible server with no URL is not configured: 503, no guessed address.
+        let e = provider_config(Provider::OpenAiCompatible, &vars(&[]), None).unwrap_err();
+        assert_eq!((e.status, e.code), (503, "provider_not_configured"));
+        let c = provider_config(
+            Provider::OpenAiCompatible,
+            &vars(&[("compatible_base_url", "http://10.0.0.2:8000/v1")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.base_url, "http://10.0.0.2:8000/v1");
     }
 
     #[test]
@@ -776,6 +857,118 @@ mod tests {
             upstream_error_message(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
             "Overloaded"
         );
+    }
+
+    #[test]
+    fn images_and_tools_count_at_their_documented_cost() {
+        let text = vec![json!({"role": "user", "content": "hi"})];
+        assert_eq!(prompt_token_bound(100, &text, false), 100);
+        let image = vec![json!({"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "https://x.example/a.png"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+        ]})];
+        // ~100 bytes of request, but two images of up to ~1,600 tokens each.
+        assert_eq!(prompt_token_bound(100, &image, false), 100 + 2 * IMAGE_PART_TOKENS);
+        assert_eq!(prompt_token_bound(100, &text, true), 100 + TOOLS_OVERHEAD_TOKENS);
+    }
+
+    #[test]
+    fn key_fragments_never_survive_an_error_message() {
+        let openai = br#"{"error":{"message":"Incorrect API key provided: sk-proj-********************abcd. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        let m = upstream_error_message(openai);
+        assert!(!m.contains("abcd") && !m.contains("sk-proj"), "{m}");
+        assert!(m.starts_with("Incorrect API key provided: [redacted]."), "{m}");
+        let raw = redact_secrets("key sk-ant-api03-AbCdEf123456 rejected; token 8f3a9c1b2d4e5f60718293a4b5c6d7e8 bad");
+        assert!(!raw.contains("AbCdEf") && !raw.contains("8f3a9c1b"), "{raw}");
+        assert_eq!(redact_secrets("The model `gpt-4o` does not exist"), "The model `gpt-4o` does not exist");
+        // A 401's message is never passed on at all.
+        let e = CallFailure::Status {
+            status: 401,
+            message: "Incorrect API key provided: sk-...abcd".into(),
+            retry_after: None,
+        }
+        .to_api_error(Provider::OpenAi);
+        assert_eq!((e.status, e.code, e.message.as_str()), (502, "provider_auth_failed", "openai refused the API key"));
+    }
+
+    #[test]
+    fn deeply_nested_json_is_a_400_not_a_stack_overflow() {
+        let deep = format!("{{\"message\":\"a\",\"tools\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_native(deep.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_json"));
+        let e = parse_openai(deep.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(e.status, 400);
+    }
+
+    /// Arbitrary JSON, nested and flat, for the body fuzzers.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from),
+            prop_oneof![Just("user"), Just("assistant"), Just("system"), Just("tool"), Just("text"), Just("image_url")]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("message".to_owned()),
+                        Just("messages".to_owned()),
+                        Just("model".to_owned()),
+                        Just("role".to_owned()),
+                        Just("content".to_owned()),
+                        Just("stream".to_owned()),
+                        Just("max_tokens".to_owned()),
+                        Just("temperature".to_owned()),
+                        Just("tools".to_owned()),
+                        Just("conversation_id".to_owned()),
+                        Just("provider".to_owned()),
+                        "[a-z_]{1,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+        /// Fuzz: any JSON body (and any bytes) is a request or a 4xx on both chat routes; the
+        /// upstream body of an accepted one serializes. `./dev fuzz` runs this with more cases.
+        #[test]
+        fn any_json_body_is_a_request_or_a_4xx(body in any_json()) {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            for parsed in [parse_native(&bytes, DEFAULT_MAX_BODY_BYTES), parse_openai(&bytes, DEFAULT_MAX_BODY_BYTES)] {
+                match parsed {
+                    Ok(r) => {
+                        let msgs = context_messages(&r, r.system_prompt.as_deref(), &[]);
+                        let up = openai_body(&r, r.model.as_deref().unwrap_or("m"), msgs);
+                        proptest::prop_assert!(serde_json::to_vec(&up).is_ok());
+                        let anthropic = crate::providers::upstream_request(Provider::Anthropic, "https://a", "k", &up, r.stream);
+                        proptest::prop_assert!(anthropic.body.is_object());
+                    }
+                    Err(e) => proptest::prop_assert!((400..500).contains(&e.status), "{e:?}"),
+                }
+            }
+        }
+
+        #[test]
+        fn any_bytes_are_a_request_or_a_4xx(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            for parsed in [parse_native(&bytes, 256), parse_openai(&bytes, 256)] {
+                if let Err(e) = parsed {
+                    proptest::prop_assert!((400..500).contains(&e.status));
+                }
+            }
+        }
     }
 
     #[test]

@@ -40,16 +40,17 @@ pub fn api_error(failure: &DbFailure) -> ApiError {
             "42501" => ApiError::not_found("resource"),
             "23505" => ApiError::new(409, "conflict", "a resource with that identity already exists"),
             "23503" => ApiError::not_found("referenced resource"),
-            "23514" | "22001" | "22P02" | "22003" => {
-                ApiError::bad_request("validation_failed", format!("rejected by the database: {message}"))
+            "23514" | "22001" | "22P02" | "22003" | "22021" | "54000" => {
+                ApiError::bad_request("validation_failed", "a value is out of range, too long or malformed")
+                    .logged(format!("{code}: {message}"))
             }
             // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception class
             c if c.starts_with("08") || c == "57P01" || c == "57P02" || c == "57P03" => {
                 api_error(&DbFailure::Unavailable(message.clone()))
             }
-            _ => ApiError::internal("database error"),
+            _ => ApiError::internal(format!("database error {code}: {message}")),
         },
-        DbFailure::Other(_) => ApiError::internal("database error"),
+        DbFailure::Other(m) => ApiError::internal(format!("database error: {m}")),
     }
 }
 
@@ -63,6 +64,7 @@ mod tests {
         let sql = |c: &str| DbFailure::Sql { code: c.into(), message: "m".into() };
         assert_eq!(api_error(&sql("42501")).status, 404);
         assert_eq!(api_error(&sql("23514")).status, 400);
+        assert!(!String::from_utf8(api_error(&sql("23514")).body()).unwrap().contains("\"m\""), "no database text");
         assert_eq!(api_error(&sql("57P01")).status, 503);
         assert_eq!(api_error(&sql("XX000")).status, 500);
     }

@@ -18,6 +18,9 @@ pub struct ApiError {
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
     /// Extra response headers (e.g. `Retry-After`, `WWW-Authenticate`).
     pub headers: Vec<(String, String)>,
+    /// What happened, for the log only: internal and database details never reach the client,
+    /// who gets the request id to quote instead.
+    pub log: Option<Box<str>>,
 }
 
 #[derive(Serialize)]
@@ -36,7 +39,7 @@ struct Body<'a> {
 impl ApiError {
     /// Any status and code; prefer the named constructors below.
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None, headers: Vec::new() }
+        Self { status, code, message: message.into(), details: None, headers: Vec::new(), log: None }
     }
 
     /// 400: the request is malformed or fails validation.
@@ -68,9 +71,16 @@ impl ApiError {
             .with_detail("limit_bytes", limit)
     }
 
-    /// 500: a defect on our side; the message must not leak internals.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "internal_error", message)
+    /// 500: a defect on our side. `detail` goes to the log with the request id; the client sees
+    /// only that something failed and the id to quote.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(500, "internal_error", "internal error; quote the request_id when reporting it").logged(detail)
+    }
+
+    /// Keeps `detail` for the log line of this error (never sent).
+    pub fn logged(mut self, detail: impl Into<String>) -> Self {
+        self.log = Some(detail.into().into_boxed_str());
+        self
     }
 
     /// 503: a dependency (database, provider, sandbox) is unavailable; retrying later can work.
@@ -112,6 +122,15 @@ mod tests {
         assert_eq!(v["error"]["message"], "title too long");
         assert_eq!(v["error"]["field"], "title");
         assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_the_body() {
+        let err = ApiError::internal("connection to 10.0.0.5:5432 refused; password for user x");
+        let body = String::from_utf8(err.body()).unwrap();
+        assert!(!body.contains("10.0.0.5") && !body.contains("password"), "{body}");
+        assert_eq!(err.log.as_deref(), Some("connection to 10.0.0.5:5432 refused; password for user x"));
+        assert_eq!((err.status, err.code), (500, "internal_error"));
     }
 
     #[test]

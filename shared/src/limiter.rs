@@ -56,6 +56,54 @@ pub fn peek(name: &str, subject: &Subject) -> Result<Verdict, ApiError> {
         .map_err(|_| ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable"))
 }
 
+/// The current state of several policies for `subject` without consuming anything: one
+/// statement on the `postgres` backend, one read per policy on `kv`.
+pub fn peek_many(names: &[&str], subject: &Subject) -> Result<Vec<Verdict>, ApiError> {
+    let unavailable = || ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable");
+    let limits = names.iter().map(|n| policy_limit(n).map(|l| (*n, l))).collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<String> = limits.iter().map(|(n, _)| format!("{n}:{}", subject.0)).collect();
+    match variable("ratelimit_backend").as_deref() {
+        Some("kv") => {
+            limits.iter().zip(&keys).map(|((n, l), k)| check(n, *l, k, 0).map_err(|_| unavailable())).collect()
+        }
+        None | Some("postgres") => {
+            let url = required_variable("db_url")?;
+            let conn = Connection::open(&url).map_err(|_| unavailable())?;
+            let ns = |f: fn(&Limit) -> u64| {
+                ParameterValue::ArrayInt64(limits.iter().map(|(_, l)| Some(f(l).min(i64::MAX as u64) as i64)).collect())
+            };
+            let rows = conn
+                .query(
+                    "select remaining, reset_after_ns from chatedge.rate_limit_peek($1, $2, $3) order by ord",
+                    &[
+                        ParameterValue::ArrayStr(keys.iter().cloned().map(Some).collect()),
+                        ns(Limit::emission_ns),
+                        ns(Limit::tolerance_ns),
+                    ],
+                )
+                .map_err(|e| unavailable().logged(format!("{e:?}")))?;
+            if rows.rows.len() != limits.len() {
+                return Err(unavailable().logged("rate_limit_peek returned the wrong number of rows"));
+            }
+            limits
+                .iter()
+                .zip(&rows.rows)
+                .map(|((name, limit), row)| {
+                    Ok(Verdict {
+                        policy: (*name).to_owned(),
+                        limit: *limit,
+                        allowed: true,
+                        remaining: int(row.first()).map_err(|e| unavailable().logged(e))?,
+                        reset_after_ns: int(row.get(1)).map_err(|e| unavailable().logged(e))?,
+                        retry_after_ns: 0,
+                    })
+                })
+                .collect()
+        }
+        Some(other) => Err(ApiError::internal(format!("unknown ratelimit_backend '{other}'"))),
+    }
+}
+
 /// One decision against the configured store (`ratelimit_backend`: `postgres` or `kv`).
 pub fn check(policy: &str, limit: Limit, key: &str, cost: u64) -> Result<Verdict, String> {
     let (allowed, remaining, reset_after_ns, retry_after_ns) = match variable("ratelimit_backend").as_deref() {

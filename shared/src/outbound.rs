@@ -241,6 +241,19 @@ pub fn start_with(
     body: &[u8],
     t: Timeouts,
 ) -> Result<Pending, SendError> {
+    // The whole body is known: say how long it is, so the request goes out with
+    // `Content-Length` instead of chunked (servers that read only `Content-Length`, such as
+    // Python's http.server and several proxies, break on a chunked body).
+    let mut with_length;
+    let headers = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        || (body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE"))
+    {
+        headers
+    } else {
+        with_length = headers.to_vec();
+        with_length.push(("content-length".to_owned(), body.len().to_string()));
+        &with_length[..]
+    };
     let (future, outgoing_body) = prepare(method, url, headers, t)?;
     let bad = |what: &str| SendError::Other(format!("could not set {what}"));
     {

@@ -43,6 +43,25 @@ impl Cursor {
     }
 }
 
+/// A keyset page from a JSON array of `[row, created_at micros, id]` triples fetched with
+/// `limit + 1` entries: `{"data": [rows...], "next_cursor": ... | null, "has_more": bool}`.
+pub fn page(rows_json: &str, limit: u32) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::internal(format!("unexpected page from the database: {why}"));
+    let rows: Vec<(serde_json::Value, i64, uuid::Uuid)> =
+        serde_json::from_str(rows_json).map_err(|e| bad(&e.to_string()))?;
+    let has_more = rows.len() > limit as usize;
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let next_cursor = match (has_more, shown.last()) {
+        (true, Some((_, micros, id))) => {
+            serde_json::Value::String(Cursor { created_at_micros: *micros, id: *id }.encode())
+        }
+        _ => serde_json::Value::Null,
+    };
+    let data: Vec<&serde_json::Value> = shown.iter().map(|(row, _, _)| row).collect();
+    serde_json::to_string(&serde_json::json!({"data": data, "next_cursor": next_cursor, "has_more": has_more}))
+        .map_err(|e| bad(&e.to_string()))
+}
+
 /// Parses `limit` from a query string value: default when absent, 400 when out of range.
 pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
     match raw {
@@ -113,6 +132,24 @@ mod tests {
             let err = Cursor::decode(raw).unwrap_err();
             assert_eq!((err.status, err.code), (400, "invalid_cursor"), "{raw}");
         }
+    }
+
+    #[test]
+    fn pages_from_aggregated_rows() {
+        let id = uuid::Uuid::new_v4();
+        let rows = format!(r#"[[{{"id":"a"}},10,"{id}"],[{{"id":"b"}},9,"{id}"],[{{"id":"c"}},8,"{id}"]]"#);
+        let p: serde_json::Value = serde_json::from_str(&page(&rows, 2).unwrap()).unwrap();
+        assert_eq!(p["data"], serde_json::json!([{"id": "a"}, {"id": "b"}]));
+        assert_eq!(p["has_more"], true);
+        assert_eq!(Cursor::decode(p["next_cursor"].as_str().unwrap()).unwrap(), Cursor { created_at_micros: 9, id });
+        let last: serde_json::Value = serde_json::from_str(&page(&rows, 3).unwrap()).unwrap();
+        assert_eq!(
+            (last["has_more"].clone(), last["next_cursor"].clone()),
+            (serde_json::json!(false), serde_json::Value::Null)
+        );
+        let empty: serde_json::Value = serde_json::from_str(&page("[]", 20).unwrap()).unwrap();
+        assert_eq!(empty["data"], serde_json::json!([]));
+        assert!(page("{", 1).is_err());
     }
 
     #[test]

@@ -47,7 +47,9 @@ impl Provider {
             Provider::OpenAi => "https://api.openai.com/v1",
             Provider::Anthropic => "https://api.anthropic.com",
             Provider::Mistral => "https://api.mistral.ai/v1",
-            Provider::OpenAiCompatible => "http://127.0.0.1:11434/v1",
+            // No such thing: `compatible_base_url` must be set (chat::provider_config refuses
+            // the provider until it is).
+            Provider::OpenAiCompatible => "",
         }
     }
 }
@@ -294,8 +296,16 @@ impl UpstreamError {
     }
 
     /// Reads an error body of any of the providers (`{"error": {...}}`, Anthropic's
-    /// `{"type":"error","error":{...}}`, Mistral's `{"message": ...}`); `None` if not one.
+    /// `{"type":"error","error":{...}}`, Mistral's `{"message": ...}`); `None` if not one. The
+    /// message has credentials masked (`chat::redact_secrets`).
     pub fn from_body(body: &Value) -> Option<Self> {
+        Self::from_body_raw(body).map(|mut e| {
+            e.message = crate::chat::redact_secrets(&e.message);
+            e
+        })
+    }
+
+    fn from_body_raw(body: &Value) -> Option<Self> {
         let e = &body["error"];
         if e.is_object() {
             return Some(UpstreamError {
@@ -326,8 +336,32 @@ pub enum StreamItem {
     Done,
 }
 
+/// Most tool calls one reply may make (OpenAI allows 128 tools per request).
+pub const MAX_TOOL_CALLS: usize = 128;
+/// Most bytes of text and tool-call arguments one reply may carry; a provider that sends more
+/// ends the stream with a `provider_error` instead of growing this instance's memory. Equal to
+/// the `messages_content_size` check of migration 0006, so a reply within it is always storable.
+pub const MAX_REPLY_BYTES: usize = 4 << 20;
+
+/// One tool call being assembled from deltas (arguments appended in place: linear, not the
+/// quadratic re-concatenation of a JSON string per delta).
+#[derive(Debug, Default, Clone)]
+struct ToolCall {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+fn too_much(what: &str) -> StreamItem {
+    StreamItem::Error(UpstreamError {
+        message: format!("the provider's reply exceeded the limit of {what}"),
+        kind: "provider_error".into(),
+        code: Some("reply_too_large".into()),
+    })
+}
+
 /// Translates one provider's event stream into OpenAI chunks and keeps the accounting: the
-/// assistant's text, tool calls, finish reason and usage.
+/// assistant's text, tool calls, finish reason and usage, each bounded.
 #[derive(Debug)]
 pub struct StreamTranslator {
     provider: Provider,
@@ -338,8 +372,10 @@ pub struct StreamTranslator {
     created: i64,
     /// The assistant text so far.
     pub text: String,
-    /// Tool calls so far, OpenAI-shaped.
-    pub tool_calls: Vec<Value>,
+    /// Tool calls so far (see [`StreamTranslator::tool_calls`]).
+    calls: Vec<ToolCall>,
+    /// Bytes of text and tool-call arguments so far, against [`MAX_REPLY_BYTES`].
+    reply_bytes: usize,
     /// Why it stopped, once known.
     pub finish_reason: Option<String>,
     /// Usage, once known.
@@ -358,11 +394,26 @@ impl StreamTranslator {
             model,
             created,
             text: String::new(),
-            tool_calls: Vec::new(),
+            calls: Vec::new(),
+            reply_bytes: 0,
             finish_reason: None,
             usage: None,
             anthropic_tools: Vec::new(),
         }
+    }
+
+    /// Counts `n` more reply bytes; `false` once past [`MAX_REPLY_BYTES`].
+    fn grow(&mut self, n: usize) -> bool {
+        self.reply_bytes = self.reply_bytes.saturating_add(n);
+        self.reply_bytes <= MAX_REPLY_BYTES
+    }
+
+    /// The tool calls so far, OpenAI-shaped (`{id, type, function: {name, arguments}}`).
+    pub fn tool_calls(&self) -> Vec<Value> {
+        self.calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect()
     }
 
     /// One chunk in our labels.
@@ -421,25 +472,33 @@ impl StreamTranslator {
         }
         for choice in v["choices"].as_array().into_iter().flatten() {
             if let Some(t) = choice["delta"]["content"].as_str() {
+                if !self.grow(t.len()) {
+                    return vec![too_much(&format!("{MAX_REPLY_BYTES} bytes"))];
+                }
                 self.text.push_str(t);
             }
             for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
-                let index = call["index"].as_u64().unwrap_or(0) as usize;
-                while self.tool_calls.len() <= index {
-                    self.tool_calls
-                        .push(json!({"id": null, "type": "function", "function": {"name": "", "arguments": ""}}));
+                let index = call["index"].as_u64().unwrap_or(0);
+                if index >= MAX_TOOL_CALLS as u64 {
+                    return vec![too_much(&format!("{MAX_TOOL_CALLS} tool calls"))];
                 }
-                let slot = &mut self.tool_calls[index];
+                let index = index as usize;
+                if self.calls.len() <= index {
+                    self.calls.resize_with(index + 1, ToolCall::default);
+                }
+                let args = call["function"]["arguments"].as_str().unwrap_or_default();
+                let name = call["function"]["name"].as_str().unwrap_or_default();
+                if !self.grow(args.len() + name.len()) {
+                    return vec![too_much(&format!("{MAX_REPLY_BYTES} bytes"))];
+                }
+                let slot = &mut self.calls[index];
                 if let Some(id) = call["id"].as_str() {
-                    slot["id"] = json!(id);
+                    slot.id = Some(id.to_owned());
                 }
-                if let Some(name) = call["function"]["name"].as_str() {
-                    slot["function"]["name"] = json!(name);
+                if !name.is_empty() {
+                    slot.name = name.to_owned();
                 }
-                if let Some(args) = call["function"]["arguments"].as_str() {
-                    let joined = format!("{}{args}", slot["function"]["arguments"].as_str().unwrap_or_default());
-                    slot["function"]["arguments"] = json!(joined);
-                }
+                slot.arguments.push_str(args);
             }
             if let Some(r) = choice["finish_reason"].as_str() {
                 self.finish_reason = Some(r.to_owned());
@@ -480,11 +539,17 @@ impl StreamTranslator {
                 vec![StreamItem::Chunk(self.chunk(json!({"role": "assistant", "content": ""}), None))]
             }
             Some("content_block_start") if v["content_block"]["type"] == "tool_use" => {
-                let tool_index = self.tool_calls.len();
+                let tool_index = self.calls.len();
+                if tool_index >= MAX_TOOL_CALLS {
+                    return vec![too_much(&format!("{MAX_TOOL_CALLS} tool calls"))];
+                }
                 self.anthropic_tools.push((v["index"].as_u64().unwrap_or(0), tool_index));
                 let b = &v["content_block"];
-                self.tool_calls
-                    .push(json!({"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": ""}}));
+                self.calls.push(ToolCall {
+                    id: b["id"].as_str().map(str::to_owned),
+                    name: b["name"].as_str().unwrap_or_default().to_owned(),
+                    arguments: String::new(),
+                });
                 let delta = json!({"tool_calls": [{"index": tool_index, "id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": ""}}]});
                 vec![StreamItem::Chunk(self.chunk(delta, None))]
             }
@@ -493,6 +558,9 @@ impl StreamTranslator {
                 match d["type"].as_str() {
                     Some("text_delta") => {
                         let t = d["text"].as_str().unwrap_or_default();
+                        if !self.grow(t.len()) {
+                            return vec![too_much(&format!("{MAX_REPLY_BYTES} bytes"))];
+                        }
                         self.text.push_str(t);
                         vec![StreamItem::Chunk(self.chunk(json!({"content": t}), None))]
                     }
@@ -502,8 +570,11 @@ impl StreamTranslator {
                             return Vec::new();
                         };
                         let part = d["partial_json"].as_str().unwrap_or_default();
-                        let slot = &mut self.tool_calls[tool_index]["function"]["arguments"];
-                        *slot = json!(format!("{}{part}", slot.as_str().unwrap_or_default()));
+                        if !self.grow(part.len()) {
+                            return vec![too_much(&format!("{MAX_REPLY_BYTES} bytes"))];
+                        }
+                        let Some(call) = self.calls.get_mut(tool_index) else { return Vec::new() };
+                        call.arguments.push_str(part);
                         let delta = json!({"tool_calls": [{"index": tool_index, "function": {"arguments": part}}]});
                         vec![StreamItem::Chunk(self.chunk(delta, None))]
                     }
@@ -654,8 +725,8 @@ mod tests {
         // input + cache reads as prompt; output from message_delta, not added to message_start's 1.
         assert_eq!(t.usage, Some(Usage { prompt_tokens: 35, completion_tokens: 15, cached_tokens: 10 }));
         assert_eq!(t.finish_reason.as_deref(), Some("tool_calls"));
-        assert_eq!(t.tool_calls[0]["function"]["arguments"], "{\"city\": \"Paris\"}");
-        assert_eq!(t.tool_calls[0]["id"], "toolu_1");
+        assert_eq!(t.tool_calls()[0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+        assert_eq!(t.tool_calls()[0]["id"], "toolu_1");
         let chunks: Vec<&Value> =
             items.iter().filter_map(|i| if let StreamItem::Chunk(c) = i { Some(c) } else { None }).collect();
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
@@ -681,6 +752,34 @@ mod tests {
             "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"code\":null}}\n\n",
         );
         assert!(matches!(&items[0], StreamItem::Error(e) if e.message == "boom"));
+    }
+
+    #[test]
+    fn provider_output_is_bounded() {
+        let chunk =
+            |delta: Value| format!("data: {}\n\n", json!({"id": "c", "choices": [{"index": 0, "delta": delta}]}));
+        // A huge tool-call index allocates nothing: the stream ends with a provider error.
+        let (t, items) = run(
+            Provider::OpenAi,
+            &chunk(json!({"tool_calls": [{"index": 4_000_000_000u64, "function": {"arguments": "{}"}}]})),
+        );
+        assert!(matches!(&items[0], StreamItem::Error(e) if e.kind == "provider_error"), "{items:?}");
+        assert!(t.tool_calls().is_empty());
+        // Arguments past the reply cap end it too.
+        let mut wire = String::new();
+        let piece = "x".repeat(1 << 20);
+        for _ in 0..9 {
+            wire.push_str(&chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})));
+        }
+        let (t, items) = run(Provider::OpenAi, &wire);
+        assert!(items.iter().any(|i| matches!(i, StreamItem::Error(_))), "the reply cap stops the stream");
+        assert!(t.tool_calls()[0]["function"]["arguments"].as_str().unwrap().len() <= MAX_REPLY_BYTES);
+        // Appends are linear: many small deltas assemble one argument string.
+        let small: String = (0..2000)
+            .map(|i| chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": format!("{}", i % 10)}}]})))
+            .collect();
+        let (t, _) = run(Provider::OpenAi, &small);
+        assert_eq!(t.tool_calls()[0]["function"]["arguments"].as_str().unwrap().len(), 2000);
     }
 
     #[test]

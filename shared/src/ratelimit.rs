@@ -148,12 +148,22 @@ pub fn default_policy(name: &str) -> Option<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject(pub String);
 
-/// The client address for anonymous limits: Spin's `spin-client-addr` (host:port), or the
-/// first `X-Forwarded-For` hop when the deployment says a trusted proxy sets it.
-pub fn client_ip(spin_client_addr: Option<&str>, forwarded_for: Option<&str>, trust_forwarded: bool) -> Option<String> {
-    if trust_forwarded {
-        if let Some(first) = forwarded_for.and_then(|v| v.split(',').next()).map(str::trim).filter(|v| !v.is_empty()) {
-            return Some(first.to_owned());
+/// The client address for anonymous limits: Spin's `spin-client-addr` (host:port), or, behind
+/// `trusted_proxies` proxies that each append the address they received from to
+/// `X-Forwarded-For`, the entry the outermost trusted one appended (counted from the right, so
+/// whatever the client wrote itself on the left is never taken).
+pub fn client_ip(
+    spin_client_addr: Option<&str>,
+    forwarded_for: Option<&str>,
+    trusted_proxies: usize,
+) -> Option<String> {
+    if trusted_proxies > 0 {
+        let hops: Vec<&str> =
+            forwarded_for.unwrap_or_default().split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+        if let Some(hop) = hops.len().checked_sub(trusted_proxies).and_then(|i| hops.get(i)).or(hops.first()) {
+            if let Ok(ip) = hop.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+                return Some(ip.to_string());
+            }
         }
     }
     let addr = spin_client_addr?.trim();
@@ -165,15 +175,35 @@ pub fn client_ip(spin_client_addr: Option<&str>, forwarded_for: Option<&str>, tr
     Some(ip.trim_start_matches('[').trim_end_matches(']').to_owned())
 }
 
+/// How many proxies in front of the app append to `X-Forwarded-For`: the variable
+/// `ratelimit_trusted_proxies` (a count above 0), else 1 when the older
+/// `ratelimit_trust_forwarded_for` is `true`, else 0 (the header is ignored). The manifest's
+/// default count is `0`, so the older flag alone still takes effect.
+pub fn trusted_proxies(count: Option<&str>, legacy_flag: Option<&str>) -> usize {
+    let legacy = if legacy_flag.is_some_and(|v| v.trim() == "true") { 1 } else { 0 };
+    count.and_then(|c| c.trim().parse().ok()).filter(|n| *n > 0).unwrap_or(legacy)
+}
+
 impl Subject {
     /// A signed-in user.
     pub fn user(id: &str) -> Self {
         Subject(format!("user:{id}"))
     }
 
-    /// A client address.
+    /// A client address. IPv6 clients are keyed by their /64 (one host usually holds a whole
+    /// /64, so per-/128 keys would hand it 2^64 buckets); IPv4-mapped addresses count as IPv4.
     pub fn ip(addr: &str) -> Self {
-        Subject(format!("ip:{addr}"))
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Subject(format!("ip:{v4}")),
+                None => {
+                    let s = v6.segments();
+                    Subject(format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
+                }
+            },
+            Ok(std::net::IpAddr::V4(v4)) => Subject(format!("ip:{v4}")),
+            Err(_) => Subject(format!("ip:{addr}")),
+        }
     }
 
     /// A caller's own provider key, by a digest (the key itself is never stored).
@@ -301,11 +331,32 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_ignores_forwarded_for_unless_trusted() {
-        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("1.2.3.4"), false).as_deref(), Some("10.0.0.5"));
-        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("1.2.3.4, 10.0.0.1"), true).as_deref(), Some("1.2.3.4"));
-        assert_eq!(client_ip(Some("[::1]:5000"), None, true).as_deref(), Some("::1"));
-        assert_eq!(client_ip(None, None, false), None);
+    fn client_ip_takes_the_hop_the_trusted_proxies_appended() {
+        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("1.2.3.4"), 0).as_deref(), Some("10.0.0.5"));
+        // One proxy: it appended the real client last; what the client sent first is ignored.
+        assert_eq!(client_ip(Some("10.0.0.5:41234"), Some("6.6.6.6, 1.2.3.4"), 1).as_deref(), Some("1.2.3.4"));
+        assert_eq!(client_ip(Some("10.0.0.5:1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.9"), 2).as_deref(), Some("1.2.3.4"));
+        assert_eq!(client_ip(Some("10.0.0.5:1"), Some("1.2.3.4"), 3).as_deref(), Some("1.2.3.4"));
+        assert_eq!(client_ip(Some("10.0.0.5:1"), Some("not-an-ip"), 1).as_deref(), Some("10.0.0.5"));
+        assert_eq!(client_ip(Some("[::1]:5000"), None, 1).as_deref(), Some("::1"));
+        assert_eq!(client_ip(None, None, 0), None);
+        assert_eq!(trusted_proxies(None, Some("true")), 1);
+        assert_eq!(trusted_proxies(Some("2"), Some("true")), 2);
+        assert_eq!(trusted_proxies(None, None), 0);
+        assert_eq!(
+            trusted_proxies(Some("0"), Some("true")),
+            1,
+            "the manifest's default count leaves the flag in force"
+        );
+        assert_eq!(trusted_proxies(Some("0"), Some("false")), 0);
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        assert_eq!(Subject::ip("2001:db8:1:2:aaaa::1"), Subject::ip("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(Subject::ip("2001:db8:1:2::1"), Subject::ip("2001:db8:1:3::1"));
+        assert_eq!(Subject::ip("::ffff:1.2.3.4"), Subject::ip("1.2.3.4"));
+        assert_ne!(Subject::ip("1.2.3.4"), Subject::ip("1.2.3.5"));
     }
 
     #[test]

@@ -6,14 +6,16 @@ use crate::db::{self, DbFailure};
 use crate::error::ApiError;
 use futures::SinkExt;
 use serde_json::Value;
-use spin_sdk::http::{Fields, Method, OutgoingResponse, Request, Response, ResponseOutparam};
+use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam};
 use spin_sdk::pg4::{self, Connection, DbValue, ParameterValue, RowSet};
 use std::pin::Pin;
 
 /// Largest JSON body the CRUD routes accept.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
 
-/// The parts of a request a handler reads.
+/// The parts of a request a handler reads, taken from its head: nothing of the body is read
+/// until the handler has authenticated the caller and asks for it with a cap ([`read_body`]).
+#[derive(Clone)]
 pub struct Incoming {
     /// HTTP method.
     pub method: Method,
@@ -25,21 +27,39 @@ pub struct Incoming {
     pub origin: Option<String>,
     /// `Authorization`.
     pub authorization: Option<String>,
-    /// The whole body.
+    /// `x-request-id` as the host set it, for error envelopes and log lines.
+    pub request_id: Option<String>,
+    /// The whole body, once read (empty until then).
     pub body: Vec<u8>,
+    /// `Content-Length`, when declared.
+    pub content_length: Option<u64>,
+}
+
+/// The first value of header `name` of `req`, as text.
+pub fn header(req: &IncomingRequest, name: &str) -> Option<String> {
+    req.headers().get(name).into_iter().next().map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
 impl Incoming {
-    fn from_request(req: Request) -> Self {
-        let header = |n: &str| req.header(n).and_then(|v| v.as_str()).map(str::to_owned);
+    /// The request's head.
+    pub fn from_head(req: &IncomingRequest) -> Self {
+        let header = |n: &str| header(req, n);
         let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
+        // Spin passes the query in the full URL (and the path-with-query).
+        let query = req
+            .path_with_query()
+            .and_then(|p| p.split_once('?').map(|(_, q)| q.to_owned()))
+            .or_else(|| header("spin-full-url").and_then(|u| u.split_once('?').map(|(_, q)| q.to_owned())))
+            .unwrap_or_default();
         Incoming {
-            method: req.method().clone(),
+            method: req.method(),
             path_info,
-            query: req.query().to_owned(),
+            query,
             origin: header("origin"),
             authorization: header("authorization"),
-            body: req.into_body(),
+            request_id: header("x-request-id"),
+            body: Vec::new(),
+            content_length: header("content-length").and_then(|v| v.trim().parse().ok()),
         }
     }
 
@@ -65,42 +85,82 @@ impl Incoming {
     }
 }
 
-/// Runs a handler: preflight, error envelope and CORS on every response.
-pub fn serve(req: Request, handler: impl FnOnce(&Incoming) -> Result<Response, ApiError>) -> Response {
-    let incoming = Incoming::from_request(req);
-    let origin = incoming.origin.clone();
-    let mut response = if incoming.method == Method::Options {
-        Response::builder().status(204).build()
-    } else {
-        match handler(&incoming) {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
+/// Reads the rest of `req`'s body, at most `max` bytes: a declared `Content-Length` past it is
+/// a 413 before anything is read, and a body that keeps coming is cut off the moment it passes
+/// the cap (also a 413).
+pub async fn read_body(req: IncomingRequest, declared: Option<u64>, max: usize) -> Result<Vec<u8>, ApiError> {
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::payload_too_large(max));
+    }
+    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let body = req.consume().map_err(|()| unreadable())?;
+    let stream = body.stream().map_err(|()| unreadable())?;
+    let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+    while let Some(chunk) = crate::outbound::read_chunk(&stream, 1 << 20).await {
+        let chunk = chunk.map_err(|_| unreadable())?;
+        if out.len() + chunk.len() > max {
+            return Err(ApiError::payload_too_large(max));
         }
-    };
-    for (name, value) in crate::cors::headers(origin.as_deref()) {
-        response.set_header(name, value);
+        out.extend_from_slice(&chunk);
     }
-    response
+    Ok(out)
 }
 
-/// A response carrying the error envelope and the error's own headers.
-pub fn error_response(e: &ApiError) -> Response {
-    let mut b = Response::builder();
-    b.status(e.status).header("content-type", "application/json");
-    for (n, v) in &e.headers {
-        b.header(n.as_str(), v.as_str());
+/// A whole response a handler returns.
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers besides CORS.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A JSON response from already serialized JSON text (e.g. built by Postgres).
+    pub fn json_text(status: u16, json: String) -> Self {
+        Reply { status, headers: vec![("content-type".into(), "application/json".into())], body: json.into_bytes() }
     }
-    b.body(e.body()).build()
+
+    /// A JSON response from a serializable value.
+    pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Self {
+        Reply::json_text(status, serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+    }
+
+    /// A response without a body (204).
+    pub fn empty(status: u16) -> Self {
+        Reply { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
 }
 
-/// A JSON response from already serialized JSON text (e.g. built by Postgres).
-pub fn json_text(status: u16, json: String) -> Response {
-    Response::builder().status(status).header("content-type", "application/json").body(json).build()
-}
-
-/// A JSON response from a serializable value.
-pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
-    json_text(status, serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+/// Runs a handler: preflight, the error envelope (with the request id; internal details to the
+/// log) and CORS on every response. The handler gets the request's head and the request itself,
+/// whose body it reads with [`read_body`] once it knows who is calling.
+pub async fn serve(
+    req: IncomingRequest,
+    out: ResponseOutparam,
+    handler: impl AsyncFnOnce(&Incoming, IncomingRequest) -> Result<Reply, ApiError>,
+) {
+    let incoming = Incoming::from_head(&req);
+    let mut responder = Responder::new(out, incoming.origin.clone());
+    responder.request_id = incoming.request_id.clone();
+    if incoming.method == Method::Options {
+        responder.send(204, &[], Vec::new()).await;
+        return;
+    }
+    match handler(&incoming, req).await {
+        Ok(reply) => {
+            let headers: Vec<(&str, String)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+            responder.send(reply.status, &headers, reply.body).await
+        }
+        Err(e) => responder.error(&e).await,
+    }
 }
 
 /// A component variable; `None` when undefined or empty (optional settings).
@@ -249,8 +309,7 @@ fn failure(e: pg4::PgError) -> DbFailure {
 
 fn db_error(e: pg4::PgError) -> ApiError {
     let f = failure(e);
-    eprintln!("database: {f:?}");
-    db::api_error(&f)
+    db::api_error(&f).logged(format!("database: {f:?}"))
 }
 
 /// One request's transaction, running as the caller under RLS. Rolled back unless committed.
@@ -282,8 +341,10 @@ impl RlsTransaction {
         self.conn.execute(sql, params).map_err(db_error)
     }
 
-    /// A query whose single row and column is JSON text (`row_to_json(..)::text`); `None` when no
-    /// row came back.
+    /// A query whose single row and column is JSON text (`row_to_json(..)::text`); `None` when
+    /// it is NULL. Write it to return one row always (`select (select ... )`, an aggregate): a
+    /// query with no rows never returns under Spin 4.0.2 (its `spin:postgres@4` waits for the
+    /// column list, which is sent with the first row).
     pub fn query_json(&mut self, sql: &str, params: &[ParameterValue]) -> Result<Option<String>, ApiError> {
         let rows = self.query(sql, params)?;
         match rows.rows.first().and_then(|r| r.first()) {
@@ -291,6 +352,16 @@ impl RlsTransaction {
             Some(pg4::DbValue::Str(s)) => Ok(Some(s.clone())),
             Some(pg4::DbValue::Jsonb(b)) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
             Some(_) => Err(ApiError::internal("unexpected column type from the database")),
+        }
+    }
+
+    /// Whether a `select count(*) ...` counts anything (an aggregate: one row always, see
+    /// [`RlsTransaction::query_json`]).
+    pub fn exists(&mut self, count_sql: &str, params: &[ParameterValue]) -> Result<bool, ApiError> {
+        let rows = self.query(count_sql, params)?;
+        match rows.rows.first().and_then(|r| r.first()) {
+            Some(DbValue::Int64(n)) => Ok(*n > 0),
+            _ => Err(ApiError::internal("a count returned no number")),
         }
     }
 
@@ -318,29 +389,21 @@ impl RlsTransaction {
     }
 }
 
-/// A keyset page from rows of `(row_to_json text, created_at micros, id)`, fetched with
-/// `limit + 1` to learn whether more follow: the JSON text `{"data": [...], "next_cursor", "has_more"}`.
-pub fn page(rows: Vec<Vec<DbValue>>, limit: u32) -> Result<String, ApiError> {
-    let has_more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    let mut last = None;
-    for row in rows.into_iter().take(limit as usize) {
-        match row.as_slice() {
-            [DbValue::Str(json), DbValue::Int64(micros), DbValue::Uuid(id)] => {
-                items.push(json.clone());
-                last = Some((*micros, id.clone()));
-            }
-            _ => return Err(ApiError::internal("unexpected row shape from the database")),
-        }
-    }
-    let next_cursor = match (has_more, last) {
-        (true, Some((micros, id))) => {
-            let id = id.parse().map_err(|_| ApiError::internal("bad id from the database"))?;
-            serde_json::Value::String(crate::pagination::Cursor { created_at_micros: micros, id }.encode())
-        }
-        _ => serde_json::Value::Null,
-    };
-    Ok(format!("{{\"data\":[{}],\"next_cursor\":{next_cursor},\"has_more\":{has_more}}}", items.join(",")))
+/// The select list that folds a page query's rows (a subquery aliased `p`, with `created_at`
+/// and `id` columns, newest first) into one row: a JSON array of `[row, created_at micros, id]`.
+/// One row whatever the page holds, because a query with no rows never returns under Spin 4.0.2
+/// (its `spin:postgres@4` waits for the columns, which come with the first row).
+pub const PAGE_ROWS_DESC: &str = "coalesce(json_agg(json_build_array(row_to_json(p), \
+     (extract(epoch from p.created_at) * 1000000)::int8, p.id) order by p.created_at desc, p.id desc), '[]')::text";
+
+/// [`PAGE_ROWS_DESC`], oldest first.
+pub const PAGE_ROWS_ASC: &str = "coalesce(json_agg(json_build_array(row_to_json(p), \
+     (extract(epoch from p.created_at) * 1000000)::int8, p.id) order by p.created_at, p.id), '[]')::text";
+
+/// A keyset page from a [`PAGE_ROWS_DESC`] row fetched with `limit + 1` rows, to learn whether
+/// more follow: the JSON text `{"data": [...], "next_cursor", "has_more"}`.
+pub fn page(rows: Option<&str>, limit: u32) -> Result<String, ApiError> {
+    crate::pagination::page(rows.unwrap_or("[]"), limit)
 }
 
 /// The `cursor` query parameter as the two keyset parameters (`created_at` micros, id), both
@@ -361,6 +424,8 @@ pub struct Responder {
     origin: Option<String>,
     /// Headers every response of this request carries (the rate-limit state once admitted).
     pub extra: Vec<(String, String)>,
+    /// The request's id, put in every error envelope and log line.
+    pub request_id: Option<String>,
 }
 
 /// A response body being written.
@@ -369,7 +434,7 @@ pub type BodySink = Pin<Box<dyn futures::Sink<Vec<u8>, Error = crate::outbound::
 impl Responder {
     /// A responder for `out`; `origin` is echoed in the CORS headers.
     pub fn new(out: ResponseOutparam, origin: Option<String>) -> Self {
-        Responder { out: Some(out), origin, extra: Vec::new() }
+        Responder { out: Some(out), origin, extra: Vec::new(), request_id: None }
     }
 
     /// Sends the head (status, `headers`, CORS, [`Responder::extra`]) and returns the body to
@@ -385,6 +450,10 @@ impl Responder {
             if !list.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
                 list.push((n.clone(), v.clone().into_bytes()));
             }
+        }
+        // The request's id, so a client can quote it (the same id is in the host's log line).
+        if let Some(id) = &self.request_id {
+            list.push(("x-request-id".to_owned(), id.clone().into_bytes()));
         }
         let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
         let response = OutgoingResponse::new(fields);
@@ -410,8 +479,17 @@ impl Responder {
         self.send(status, &headers, v.to_string().into_bytes()).await
     }
 
-    /// The error envelope with the error's own headers.
+    /// The error envelope with the error's own headers and the request id; what the error
+    /// keeps for the log is logged here, with the same id.
     pub async fn error(&mut self, e: &ApiError) {
+        let id = self.request_id.clone().unwrap_or_else(|| "-".to_owned());
+        if let Some(detail) = &e.log {
+            eprintln!("request_id={id} {} {}: {detail}", e.status, e.code);
+        }
+        let e = match &self.request_id {
+            Some(id) => e.clone().with_detail("request_id", id),
+            None => e.clone(),
+        };
         let mut headers = vec![("content-type", "application/json".to_owned())];
         for (n, v) in &e.headers {
             headers.push((n.as_str(), v.clone()));

@@ -28,7 +28,12 @@ pub struct Parser {
     after_cr: bool,
     /// Bytes buffered without a line end, capped so a stream with no newline cannot grow forever.
     max_line: usize,
+    /// An event's `data` grew past [`DEFAULT_MAX_EVENT`] (many `data:` lines, none blank).
+    overflow: bool,
 }
+
+/// Most bytes one event's `data` lines may add up to.
+pub const DEFAULT_MAX_EVENT: usize = 4 << 20;
 
 /// A line longer than this (bytes) is a protocol error.
 pub const DEFAULT_MAX_LINE: usize = 4 << 20;
@@ -39,6 +44,9 @@ pub enum SseError {
     /// A line exceeded the limit.
     #[error("event-stream line longer than {0} bytes")]
     LineTooLong(usize),
+    /// One event's data exceeded the limit.
+    #[error("event-stream event larger than {0} bytes")]
+    EventTooLarge(usize),
 }
 
 impl Parser {
@@ -78,6 +86,9 @@ impl Parser {
         if self.buf.len() > limit {
             return Err(SseError::LineTooLong(limit));
         }
+        if self.overflow {
+            return Err(SseError::EventTooLarge(DEFAULT_MAX_EVENT));
+        }
         Ok(events)
     }
 
@@ -102,6 +113,7 @@ impl Parser {
         };
         match field {
             "data" => match &mut self.data {
+                Some(d) if d.len() + value.len() + 1 > DEFAULT_MAX_EVENT => self.overflow = true,
                 Some(d) => {
                     d.push('\n');
                     d.push_str(value);
@@ -177,6 +189,35 @@ mod tests {
         assert!(all(&[b"data: partial\n"]).is_empty());
         let mut p = Parser { max_line: 8, ..Parser::new() };
         assert_eq!(p.feed(b"data: 0123456789"), Err(SseError::LineTooLong(8)));
+    }
+
+    #[test]
+    fn an_event_of_endless_data_lines_fails() {
+        let mut p = Parser::new();
+        let line = format!("data: {}\n", "x".repeat(1 << 20));
+        let mut failed = None;
+        for _ in 0..8 {
+            if let Err(e) = p.feed(line.as_bytes()) {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert_eq!(failed, Some(SseError::EventTooLarge(DEFAULT_MAX_EVENT)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+        /// Fuzz: any bytes split anywhere parse without panicking, and the split never changes
+        /// the events. `./dev fuzz` runs this with many more cases.
+        #[test]
+        fn any_bytes_any_split(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), cut in 0usize..2048) {
+            let whole = Parser::new().feed(&bytes);
+            let cut = cut.min(bytes.len());
+            let mut p = Parser::new();
+            let split = p.feed(&bytes[..cut]).and_then(|mut a| { a.extend(p.feed(&bytes[cut..])?); Ok(a) });
+            proptest::prop_assert_eq!(whole, split);
+        }
     }
 
     #[test]

@@ -131,6 +131,25 @@ pub fn storage_key(user_id: &str, id: &str, safe_name: &str) -> String {
     format!("{user_id}/{id}/{safe_name}")
 }
 
+/// `key` if it has exactly the shape this function gives keys, `<user_id>/<file id>/<safe
+/// name>`, for the caller and that row: keys are read back from rows a user can reach through
+/// other paths (PostgREST), and the S3 signer resolves `..`, so a key that merely starts with
+/// the right prefix (`me/../victim/x`, `../other-bucket/x`) would reach other users' objects.
+pub fn checked_key<'k>(key: &'k str, user_id: &str, file_id: &str) -> Option<&'k str> {
+    let mut parts = key.split('/');
+    let (owner, id, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let shaped = parts.next().is_none()
+        && owner == user_id
+        && crate::is_uuid(owner)
+        && id == file_id
+        && crate::is_uuid(id)
+        && (1..=100).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && sanitize_name(name).is_ok_and(|(safe, _)| safe == name);
+    shaped.then_some(key)
+}
+
 /// The allow-list from `upload_allowed_types` (comma separated), or the defaults.
 pub fn allowed_types(var: Option<&str>) -> Vec<String> {
     match var.map(str::trim).filter(|v| !v.is_empty()) {
@@ -195,6 +214,30 @@ mod tests {
         assert_eq!(safe.len(), 100);
         assert!(safe.ends_with(".png"));
         assert!(sanitize_name("  \u{7}").is_err());
+    }
+
+    #[test]
+    fn only_keys_of_our_own_shape_are_used() {
+        let (user, file) = ("6f1c2a8e-3a55-4f0e-9a59-0d7b7d7f2a11", "0b7c1d2e-3f40-4a51-8b62-7c83d94e05f6");
+        let good = format!("{user}/{file}/report.pdf");
+        assert_eq!(checked_key(&good, user, file), Some(good.as_str()));
+        let other = "1a1c2a8e-3a55-4f0e-9a59-0d7b7d7f2a11";
+        for bad in [
+            format!("{user}/../{other}/{file}/x.pdf"),
+            format!("{user}/{file}/../../other-bucket/x"),
+            format!("../other-bucket/{user}/{file}/x"),
+            format!("{other}/{file}/report.pdf"),
+            format!("{user}/{other}/report.pdf"),
+            format!("{user}/{file}/.."),
+            format!("{user}/{file}/.hidden"),
+            format!("{user}/{file}/a b.pdf"),
+            format!("{user}/{file}/x/y.pdf"),
+            format!("{user}/{file}/"),
+            format!("{user}/{file}/%2e%2e"),
+            "".to_owned(),
+        ] {
+            assert_eq!(checked_key(&bad, user, file), None, "{bad}");
+        }
     }
 
     #[test]

@@ -40,18 +40,15 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let client_ip = shared::ratelimit::client_ip(
         header("spin-client-addr").as_deref(),
         header("x-forwarded-for").as_deref(),
-        var("ratelimit_trust_forwarded_for").is_some_and(|v| v == "true"),
+        shared::ratelimit::trusted_proxies(
+            var("ratelimit_trusted_proxies").as_deref(),
+            var("ratelimit_trust_forwarded_for").as_deref(),
+        ),
     );
     let method = req.method();
-    let incoming = Incoming {
-        method: method.clone(),
-        path_info: path_info.clone(),
-        query: String::new(),
-        origin: origin.clone(),
-        authorization: header("authorization"),
-        body: Vec::new(),
-    };
+    let incoming = Incoming::from_head(&req);
     let mut responder = Responder::new(out, origin);
+    responder.request_id = incoming.request_id.clone();
     if method == Method::Options {
         responder.send(204, &[], Vec::new()).await;
         return;
@@ -78,21 +75,6 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
 
 fn var(name: &str) -> Option<String> {
     variable(name)
-}
-
-async fn read_body(req: IncomingRequest, max: usize) -> Result<Vec<u8>, ApiError> {
-    use futures::StreamExt;
-    let mut stream = std::pin::pin!(req.into_body_stream());
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::bad_request("body_read_failed", "the request body could not be read"))?;
-        if body.len() + chunk.len() > max {
-            return Err(ApiError::payload_too_large(max));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 async fn list_models(incoming: &Incoming) -> Result<Value, ApiError> {
@@ -160,11 +142,6 @@ fn ms_since(start_ns: u64) -> i64 {
     (outbound::now_ns().saturating_sub(start_ns) / 1_000_000) as i64
 }
 
-/// A rough token count for calls cut off before the provider reported usage.
-fn estimate_tokens(chars: usize) -> u64 {
-    chars.div_ceil(4) as u64
-}
-
 async fn chat_route(
     req: IncomingRequest,
     mut incoming: Incoming,
@@ -174,22 +151,31 @@ async fn chat_route(
     responder: &mut Responder,
 ) -> Result<Option<(u16, Value)>, ApiError> {
     let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(chat::DEFAULT_MAX_BODY_BYTES);
-    incoming.body = read_body(req, max_body).await?;
+    // Who is calling first, from the head alone; only then the body, capped.
     let (user_id, principal) = require_user(&incoming)?;
+    incoming.body = shared::spin::read_body(req, incoming.content_length, max_body).await?;
     let mut request = match dialect {
         Dialect::Native => chat::parse_native(&incoming.body, max_body)?,
         Dialect::OpenAi => chat::parse_openai(&incoming.body, max_body)?,
     };
     // The caller's policy, before any work: anonymous sign-ins by address (they can mint new
-    // sessions at will), callers paying with their own key by that key, everyone else by user.
-    let (policy, subject) = match (byo_key.filter(|k| !k.trim().is_empty()), principal.is_anonymous, client_ip) {
-        (Some(key), _, _) => ("chat_byok", Subject::provider_key(key)),
-        (None, true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
-        (None, true, None) => ("chat_anonymous", Subject::user(&user_id)),
-        (None, false, _) => ("chat", Subject::user(&user_id)),
+    // sessions at will), everyone else by user. A caller paying with their own key is also
+    // held to that key's bucket; the key adds a limit, never replaces the caller's (a fresh
+    // random key per request must not buy a fresh bucket).
+    let (policy, subject) = match (principal.is_anonymous, client_ip) {
+        (true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
+        (true, None) => ("chat_anonymous", Subject::user(&user_id)),
+        (false, _) => ("chat", Subject::user(&user_id)),
     };
     if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
         responder.extra = verdict.headers();
+    }
+    if let Some(key) = byo_key.filter(|k| !k.trim().is_empty()) {
+        if let Some(verdict) = limiter::enforce("chat_byok", &Subject::provider_key(key), 1)? {
+            if responder.extra.is_empty() {
+                responder.extra = verdict.headers();
+            }
+        }
     }
     // With a spend budget every call needs an output cap, so that its cost has an upper bound.
     let caps = budget::caps()?;
@@ -197,9 +183,15 @@ async fn chat_route(
         let default = var("budget_default_max_tokens").and_then(|v| v.parse().ok()).unwrap_or(4096);
         request.max_tokens = Some(default);
     }
-    let targets = targets(&request, byo_key)?;
+    let mut targets = targets(&request, byo_key)?;
     let prices = PriceTable::with_overrides(var("model_prices").as_deref())
         .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;
+    // With a USD cap, a call's cost must be bounded before it is made: an unpriced model is
+    // refused (and an unpriced fallback skipped), never run at an assumed price of zero.
+    if caps.is_some_and(|c| c.usd.is_some()) {
+        prices.require(&targets[0].model)?;
+        targets.retain(|t| prices.price(&t.model).is_some());
+    }
     let resilience = Resilience::from_variables(&var);
     let context_len = var("chat_context_messages")
         .and_then(|v| v.parse::<usize>().ok())
@@ -215,7 +207,7 @@ async fn chat_route(
         (None, request.system_prompt.clone(), Vec::new())
     };
     let messages = chat::context_messages(&request, system_prompt.as_deref(), &history);
-    let prompt_chars: usize = messages.iter().map(|m| m["content"].to_string().len()).sum();
+    let has_tools = request.passthrough.get("tools").is_some_and(|t| !t.is_null());
 
     // Reserve the most this call can cost (every request byte a prompt token, plus the output
     // cap) on the dearest target; settled with the real usage, released on failure. With a
@@ -228,7 +220,7 @@ async fn chat_route(
         let max_out = request.max_tokens.unwrap_or(0);
         let (mut tokens, mut usd) = (0u64, 0f64);
         for (target, upstream) in targets.iter().zip(&upstreams) {
-            let bound = upstream.payload.len() as u64;
+            let bound = chat::prompt_token_bound(upstream.payload.len(), &messages, has_tools);
             let usage = Usage { prompt_tokens: bound, completion_tokens: max_out, cached_tokens: 0 };
             tokens = tokens.max(bound + max_out);
             usd = usd.max(prices.cost_usd(&target.model, usage));
@@ -247,7 +239,7 @@ async fn chat_route(
         started_ns: outbound::now_ns(),
         deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
         attempts: Vec::new(),
-        prompt_chars,
+        prompt_bound: chat::prompt_token_bound(upstreams[0].payload.len(), &messages, has_tools),
     };
 
     // The first attempt starts now and the commit of the user's message overlaps it; nothing
@@ -290,7 +282,9 @@ struct Call {
     started_ns: u64,
     deadline_ns: u64,
     attempts: Vec<Attempt>,
-    prompt_chars: usize,
+    /// The most the first target's prompt can count ([`chat::prompt_token_bound`]): what a call
+    /// cut off before it reported usage is charged, so a disconnect never undercounts.
+    prompt_bound: u64,
 }
 
 /// How the exchange ended.
@@ -354,18 +348,28 @@ impl Call {
     /// Persists the assistant message and the usage rows; a failure here is logged (the client
     /// already has the answer) and leaves the pending row for inspection.
     fn finish(&mut self, outcome: Outcome) -> (Usage, f64, bool) {
-        let estimated = outcome.usage.is_none() && (outcome.status != "error" || !outcome.text.is_empty());
-        let usage = outcome.usage.unwrap_or_else(|| {
-            if estimated {
+        // A call that ended early (client gone, stream cut) may have reported part of its usage
+        // (Anthropic's input tokens come first) or none: what is missing is charged at its upper
+        // bound, the prompt at the reservation's bound and the output at one token per byte
+        // received (no tokenizer makes more tokens than bytes).
+        let produced = outcome.status != "error" || !outcome.text.is_empty();
+        let ended_early = outcome.status != "complete" && produced;
+        let estimated = ended_early || (outcome.usage.is_none() && produced);
+        let usage = match (outcome.usage, estimated) {
+            (Some(u), false) => u,
+            (reported, true) => {
+                let reported = reported.unwrap_or_default();
                 Usage {
-                    prompt_tokens: estimate_tokens(self.prompt_chars),
-                    completion_tokens: estimate_tokens(outcome.text.len()),
-                    cached_tokens: 0,
+                    prompt_tokens: if reported.prompt_tokens > 0 { reported.prompt_tokens } else { self.prompt_bound },
+                    completion_tokens: reported.completion_tokens.max(
+                        (outcome.text.len() + outcome.tool_calls.iter().map(|t| t.to_string().len()).sum::<usize>())
+                            as u64,
+                    ),
+                    cached_tokens: reported.cached_tokens,
                 }
-            } else {
-                Usage::default()
             }
-        });
+            (None, false) => Usage::default(),
+        };
         let cost = self.cost(&outcome.model, usage);
         let latency = ms_since(self.started_ns);
         let failed_attempts = self.attempts.len();
@@ -674,7 +678,7 @@ async fn stream_reply(call: &mut Call, target: &Target, mut response: outbound::
     let (usage, cost, estimated) = call.finish(Outcome {
         status,
         text: translator.text.clone(),
-        tool_calls: translator.tool_calls.clone(),
+        tool_calls: translator.tool_calls(),
         provider,
         model: translator.model.clone(),
         usage: translator.usage,

@@ -98,9 +98,10 @@ pub fn open_exchange(
         // Under RLS another user's conversation is simply absent: the same 404 as a missing one.
         Some(id) => tx
             .query_json(
+                // A scalar subquery: one row always, NULL for a conversation that is not there.
                 &format!(
-                    "select json_build_object('id', c.id, 'system_prompt', c.system_prompt, 'history', {HISTORY})::text \
-                     from public.conversations c where c.id = $1"
+                    "select (select json_build_object('id', c.id, 'system_prompt', c.system_prompt, 'history', {HISTORY})::text \
+                     from public.conversations c where c.id = $1)"
                 ),
                 &[uuid(id), ParameterValue::Int64(context_len as i64)],
             )?
@@ -191,12 +192,35 @@ impl OpenExchange {
     }
 }
 
-fn cost_text(usd: f64) -> ParameterValue {
-    ParameterValue::Str(format!("{:.8}", usd.max(0.0)))
+/// A USD amount as the `numeric(14, 8)` columns take it (a decimal, typed as Spin's driver
+/// requires for `numeric` parameters).
+fn cost_decimal(usd: f64) -> ParameterValue {
+    ParameterValue::Decimal(format!("{:.8}", if usd.is_finite() { usd.max(0.0) } else { 0.0 }))
+}
+
+/// Text as Postgres stores it: `text` and `jsonb` refuse NUL, which a provider may well send.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// `v` with NUL taken out of every string (jsonb refuses `\u0000`).
+fn storable_json(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::String(s) if s.contains('\0') => *s = storable(s),
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Object(map) => map.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
 }
 
 /// Writes the assistant message's final state and the usage rows (in attempt order) in one
-/// transaction.
+/// transaction. The usage rows and the budget settlement are written even when the message
+/// update is refused (a savepoint keeps them apart): what was spent is always counted. Text
+/// Postgres cannot hold (NUL) is replaced, never the reason a row stays `pending`.
 pub fn finish_exchange(
     principal: &Principal,
     user_id: &str,
@@ -210,26 +234,51 @@ pub fn finish_exchange(
         let tool_calls = if assistant.tool_calls.is_empty() {
             ParameterValue::DbNull
         } else {
-            ParameterValue::Str(Value::Array(assistant.tool_calls.to_vec()).to_string())
+            ParameterValue::Jsonb(storable_json(Value::Array(assistant.tool_calls.to_vec())).to_string().into_bytes())
         };
-        tx.execute(
+        tx.execute("savepoint assistant_row", &[])?;
+        let updated = tx.execute(
             "update public.messages set content = $2, status = $3, provider = $4, model = $5, prompt_tokens = $6, \
-             completion_tokens = $7, cost_usd = $8::numeric, latency_ms = $9, tool_calls = $10::jsonb, \
-             metadata = $11::jsonb where id = $1",
+             completion_tokens = $7, cost_usd = $8, latency_ms = $9, tool_calls = $10, \
+             metadata = $11 where id = $1",
             &[
                 uuid(&p.assistant_message_id),
-                ParameterValue::Str(assistant.content.to_owned()),
+                ParameterValue::Str(storable(assistant.content)),
                 ParameterValue::Str(assistant.status.to_owned()),
-                ParameterValue::Str(assistant.provider.to_owned()),
-                ParameterValue::Str(assistant.model.to_owned()),
+                ParameterValue::Str(storable(assistant.provider)),
+                ParameterValue::Str(storable(assistant.model)),
                 ParameterValue::Int32(assistant.usage.prompt_tokens.min(i32::MAX as u64) as i32),
                 ParameterValue::Int32(assistant.usage.completion_tokens.min(i32::MAX as u64) as i32),
-                cost_text(assistant.cost_usd),
+                cost_decimal(assistant.cost_usd),
                 ParameterValue::Int32(assistant.latency_ms.clamp(0, i32::MAX as i64) as i32),
                 tool_calls,
-                ParameterValue::Str(assistant.metadata.to_string()),
+                ParameterValue::Jsonb(storable_json(assistant.metadata.clone()).to_string().into_bytes()),
             ],
-        )?;
+        );
+        match updated {
+            Ok(_) => {
+                tx.execute("release savepoint assistant_row", &[])?;
+            }
+            Err(e) => {
+                // The reply itself could not be stored: the row still ends, with its status and
+                // why, and the usage below is written regardless.
+                eprintln!(
+                    "chat-completion: storing the assistant message failed: {:?}",
+                    e.log.as_deref().unwrap_or(&e.message)
+                );
+                tx.execute("rollback to savepoint assistant_row", &[])?;
+                tx.execute(
+                    "update public.messages set status = $2, metadata = $3 where id = $1",
+                    &[
+                        uuid(&p.assistant_message_id),
+                        ParameterValue::Str(
+                            if assistant.status == "complete" { "incomplete" } else { assistant.status }.to_owned(),
+                        ),
+                        ParameterValue::Jsonb(br#"{"error":"the reply could not be stored"}"#.to_vec()),
+                    ],
+                )?;
+            }
+        }
     }
     let settle = budget.as_ref().map(|(hold, tokens, usd)| hold.settle_statement(*tokens, *usd));
     if !attempts.is_empty() || settle.is_some() {
@@ -237,10 +286,10 @@ pub fn finish_exchange(
             .iter()
             .map(|a| {
                 json!({
-                    "provider": a.provider, "model": a.model,
-                    "prompt_tokens": a.usage.prompt_tokens, "completion_tokens": a.usage.completion_tokens,
-                    "cached_tokens": a.usage.cached_tokens, "cost_usd": format!("{:.8}", a.cost_usd.max(0.0)),
-                    "latency_ms": a.latency_ms.max(0), "status": a.status,
+                    "provider": a.provider, "model": storable(&a.model),
+                    "prompt_tokens": a.usage.prompt_tokens.min(i32::MAX as u64), "completion_tokens": a.usage.completion_tokens.min(i32::MAX as u64),
+                    "cached_tokens": a.usage.cached_tokens.min(i32::MAX as u64), "cost_usd": format!("{:.8}", a.cost_usd.max(0.0)),
+                    "latency_ms": a.latency_ms.clamp(0, i32::MAX as i64), "status": a.status,
                 })
             })
             .collect();
@@ -248,21 +297,21 @@ pub fn finish_exchange(
         tx.execute(
             "insert into public.api_usage (user_id, conversation_id, message_id, provider, model, prompt_tokens, \
                completion_tokens, cached_tokens, cost_usd, latency_ms, status, created_at) \
-             select $1::uuid, $2::uuid, $3::uuid, r.provider, r.model, r.prompt_tokens, r.completion_tokens, \
+             select $1, $2, $3, r.provider, r.model, r.prompt_tokens, r.completion_tokens, \
                r.cached_tokens, r.cost_usd, r.latency_ms, r.status, now() + (n - 1) * interval '1 microsecond' \
-             from jsonb_array_elements($4::jsonb) with ordinality as e(row, n), \
+             from jsonb_array_elements($4) with ordinality as e(row, n), \
                jsonb_to_record(e.row) as r(provider text, model text, prompt_tokens int, \
                completion_tokens int, cached_tokens int, cost_usd numeric, latency_ms int, status text)",
             &[
-                ParameterValue::Str(user_id.to_owned()),
-                opt_text(persisted.map(|p| p.conversation_id.as_str())),
-                opt_text(persisted.map(|p| p.assistant_message_id.as_str())),
-                ParameterValue::Str(Value::Array(rows).to_string()),
+                uuid(user_id),
+                persisted.map(|p| uuid(&p.conversation_id)).unwrap_or(ParameterValue::DbNull),
+                persisted.map(|p| uuid(&p.assistant_message_id)).unwrap_or(ParameterValue::DbNull),
+                ParameterValue::Jsonb(Value::Array(rows).to_string().into_bytes()),
             ],
         )?;
         // The budget settles in the same transaction as the usage rows it counts.
         if let Some((sql, params)) = &settle {
-            tx.query(sql, params)?;
+            tx.execute(sql, params)?;
         }
     }
     tx.commit()?;

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::outbound::{self, Timeouts};
 use shared::ratelimit::Subject;
-use shared::spin::{json as json_response, require_user, required_variable, serve, variable, Incoming, RlsTransaction};
+use shared::spin::{read_body, require_user, required_variable, serve, variable, Incoming, Reply, RlsTransaction};
 use shared::{limiter, signing, ApiError};
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::pg4::ParameterValue;
 use std::time::Duration;
@@ -25,8 +25,8 @@ const DEFAULT_MAX_STDIN_BYTES: usize = 1 << 20;
 const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    serve(req, route)
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    serve(req, out, route).await
 }
 
 /// The request body.
@@ -75,7 +75,7 @@ fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     variable(name).and_then(|v| v.trim().parse().ok()).unwrap_or(default)
 }
 
-fn route(incoming: &Incoming) -> Result<Response, ApiError> {
+async fn route(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
     if !incoming.segments().is_empty() {
         return Err(ApiError::not_found("route"));
     }
@@ -88,10 +88,8 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
     let max_stdin = setting("code_max_stdin_bytes", DEFAULT_MAX_STDIN_BYTES);
     // JSON escaping can grow text up to six times.
     let max_body = (max_code + max_stdin) * 6 + 4096;
-    if incoming.body.len() > max_body {
-        return Err(ApiError::payload_too_large(max_body));
-    }
-    let request: ExecuteRequest = serde_json::from_slice(&incoming.body).map_err(|e| {
+    let body = read_body(req, incoming.content_length, max_body).await?;
+    let request: ExecuteRequest = serde_json::from_slice(&body).map_err(|e| {
         let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
         ApiError::bad_request(code, format!("request body: {e}"))
     })?;
@@ -103,7 +101,7 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
         "timeout_ms": request.timeout_ms,
     }))
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    let answer = spin_executor::run(call_sandbox(&sandbox_body, request.timeout_ms))?;
+    let answer = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
     let outcome: Outcome = serde_json::from_value(answer.clone())
         .map_err(|e| ApiError::internal(format!("unexpected sandbox answer: {e}")))?;
     let id = record(&principal, &user_id, &request, &outcome)?;
@@ -112,12 +110,8 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
         map.insert("id".into(), Value::String(id));
         map.insert("language".into(), json!(request.language));
     }
-    let mut response = json_response(200, &body);
-    if let Some(v) = verdict {
-        for (name, value) in v.headers() {
-            response.set_header(name, value);
-        }
-    }
+    let mut response = Reply::json(200, &body);
+    response.headers.extend(verdict.map(|v| v.headers()).unwrap_or_default());
     Ok(response)
 }
 
@@ -161,16 +155,22 @@ fn sandbox_unavailable(why: &str) -> ApiError {
 
 /// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
 /// reach the caller as they are.
-async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>) -> Result<Value, ApiError> {
+async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Value, ApiError> {
     let base = required_variable("sandbox_url")?;
     let secret = required_variable("sandbox_secret")?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let timestamp = now as i64;
-    let headers = vec![
+    // A fresh nonce per call: the sandbox refuses any (nonce, signature) it has seen.
+    let nonce = outbound::random_id();
+    let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
         (signing::TIMESTAMP_HEADER.to_owned(), timestamp.to_string()),
-        (signing::SIGNATURE_HEADER.to_owned(), signing::sign(secret.as_bytes(), timestamp, body)),
+        (signing::NONCE_HEADER.to_owned(), nonce.clone()),
+        (signing::SIGNATURE_HEADER.to_owned(), signing::sign(secret.as_bytes(), timestamp, &nonce, body)),
     ];
+    if let Some(id) = request_id {
+        headers.push(("x-request-id".to_owned(), id.to_owned()));
+    }
     // The sandbox may queue the execution, then runs it up to its deadline.
     let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
     let timeouts =
@@ -188,9 +188,10 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>) -> Result<Value, Api
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"))?;
     match status {
         200 => Ok(value),
-        401 => {
-            Err(ApiError::internal("server misconfigured: the sandbox refused our signature (check sandbox_secret)"))
-        }
+        401 => Err(ApiError::internal(format!(
+            "server misconfigured: the sandbox refused our signature (check sandbox_secret): {}",
+            value["error"]["message"]
+        ))),
         400 | 413 | 503 => Err(passthrough(status, &value)),
         _ => Err(sandbox_unavailable(&format!("status {status}"))),
     }
@@ -228,8 +229,7 @@ fn record(
     let mut tx = RlsTransaction::begin(principal)?;
     if let Some(c) = &request.conversation_id {
         // A foreign key does not see RLS: check the conversation is the caller's.
-        let found = tx.query("select 1 from public.conversations where id = $1", &[ParameterValue::Uuid(c.clone())])?;
-        if found.rows.is_empty() {
+        if !tx.exists("select count(*) from public.conversations where id = $1", &[ParameterValue::Uuid(c.clone())])? {
             return Err(ApiError::not_found("conversation"));
         }
     }

@@ -5,9 +5,11 @@
 use shared::conversations::{CreateConversation, UpdateConversation};
 use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
-use shared::spin::{cursor_params, json_text, page, require_user, serve, Incoming, RlsTransaction};
+use shared::spin::{
+    cursor_params, page, read_body, require_user, serve, Incoming, Reply, RlsTransaction, MAX_JSON_BODY,
+};
 use shared::ApiError;
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::pg4::ParameterValue;
 
@@ -18,14 +20,20 @@ const MESSAGE_COLUMNS: &str = "id, conversation_id, role, content, status, provi
      completion_tokens, cost_usd, latency_ms, tool_calls, metadata, created_at";
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    serve(req, route)
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    serve(req, out, route).await
 }
 
-fn route(incoming: &Incoming) -> Result<Response, ApiError> {
-    let segments = incoming.segments();
-    let (user_id, principal) = require_user(incoming)?;
+async fn route(head: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
+    let segments = head.segments();
+    let (user_id, principal) = require_user(head)?;
     let verdict = shared::limiter::enforce("api", &Subject::user(&user_id), 1)?;
+    // The body only now, for a known caller, and at most what a JSON body may be.
+    let mut incoming = Incoming { body: Vec::new(), ..head.clone() };
+    if matches!(head.method, Method::Post | Method::Patch) {
+        incoming.body = read_body(req, head.content_length, MAX_JSON_BODY).await?;
+    }
+    let incoming = &incoming;
     let mut tx = RlsTransaction::begin(&principal)?;
     let response = match (&incoming.method, segments.as_slice()) {
         (Method::Get, []) => list_conversations(&mut tx, incoming)?,
@@ -41,9 +49,7 @@ fn route(incoming: &Incoming) -> Result<Response, ApiError> {
     };
     tx.commit()?;
     let mut response = response;
-    for (name, value) in verdict.map(|v| v.headers()).unwrap_or_default() {
-        response.set_header(name, value);
-    }
+    response.headers.extend(verdict.map(|v| v.headers()).unwrap_or_default());
     Ok(response)
 }
 
@@ -60,8 +66,8 @@ fn text(v: Option<String>) -> ParameterValue {
     v.map(ParameterValue::Str).unwrap_or(ParameterValue::DbNull)
 }
 
-/// Rows of `(json text, cursor micros, id)` into `{"data": [...], "next_cursor", "has_more"}`.
-fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
+/// A page of the caller's conversations, newest first: `{"data": [...], "next_cursor", "has_more"}`.
+fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Reply, ApiError> {
     let limit = parse_limit(incoming.query_param("limit").as_deref())?;
     let archived = match incoming.query_param("archived").as_deref() {
         None | Some("") | Some("false") => "false",
@@ -74,23 +80,23 @@ fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Re
     };
     let (cursor_ts, cursor_id) = cursor_params(incoming)?;
     let sql = format!(
-        "select row_to_json(c)::text, (extract(epoch from c.created_at) * 1000000)::int8, c.id from (
+        "select {} from (
            select {CONVERSATION_COLUMNS} from public.conversations
            where user_id = (select auth.uid())
              and ($2::int8 is null or (created_at, id) < (timestamptz 'epoch' + $2::int8 * interval '1 microsecond', $3::uuid))
              and case $4::text when 'all' then true when 'true' then archived_at is not null else archived_at is null end
            order by created_at desc, id desc
-           limit $1) c
-         order by c.created_at desc, c.id desc"
+           limit $1) p",
+        shared::spin::PAGE_ROWS_DESC
     );
-    let rows = tx.query(
+    let rows = tx.query_json(
         &sql,
-        &[ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id, ParameterValue::Str(archived.into())],
+        &[ParameterValue::Int64(i64::from(limit) + 1), cursor_ts, cursor_id, ParameterValue::Str(archived.into())],
     )?;
-    Ok(json_text(200, page(rows.rows, limit)?))
+    Ok(Reply::json_text(200, page(rows.as_deref(), limit)?))
 }
 
-fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Response, ApiError> {
+fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Reply, ApiError> {
     let body: CreateConversation =
         if incoming.body.is_empty() { CreateConversation::default() } else { incoming.json()? };
     let c = body.validate()?;
@@ -117,20 +123,19 @@ fn create_conversation(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<R
         .ok()
         .and_then(|v| v["id"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    let mut response = json_text(201, json);
-    response.set_header("location", format!("/functions/v1/conversations/{id}"));
-    Ok(response)
+    Ok(Reply::json_text(201, json).with_header("location", format!("/functions/v1/conversations/{id}")))
 }
 
-fn get_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Response, ApiError> {
+fn get_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Reply, ApiError> {
+    // One row always, NULL when there is nothing to see (see `RlsTransaction::query_json`).
     let sql = format!(
-        "select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from public.conversations where id = $1) x"
+        "select (select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from public.conversations where id = $1) x)"
     );
     let json = tx.query_json(&sql, &[conversation_id(id)?])?.ok_or_else(|| ApiError::not_found("conversation"))?;
-    Ok(json_text(200, json))
+    Ok(Reply::json_text(200, json))
 }
 
-fn update_conversation(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Response, ApiError> {
+fn update_conversation(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Reply, ApiError> {
     let id = conversation_id(id)?;
     let (title, archived) = incoming.json::<UpdateConversation>()?.validate()?;
     let sql = format!(
@@ -140,23 +145,23 @@ fn update_conversation(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -
              archived_at = case when $3::bool is null then archived_at when $3::bool then coalesce(archived_at, now()) else null end,
              updated_at = now()
            where id = $1 returning *)
-         select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from c) x"
+         select (select row_to_json(x)::text from (select {CONVERSATION_COLUMNS} from c) x)"
     );
     let archived = archived.map(ParameterValue::Boolean).unwrap_or(ParameterValue::DbNull);
     let json = tx.query_json(&sql, &[id, text(title), archived])?.ok_or_else(|| ApiError::not_found("conversation"))?;
-    Ok(json_text(200, json))
+    Ok(Reply::json_text(200, json))
 }
 
-fn delete_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Response, ApiError> {
+fn delete_conversation(tx: &mut RlsTransaction, id: &str) -> Result<Reply, ApiError> {
     // Messages go with it: `messages.conversation_id ... on delete cascade`.
     let deleted = tx.execute("delete from public.conversations where id = $1", &[conversation_id(id)?])?;
     if deleted == 0 {
         return Err(ApiError::not_found("conversation"));
     }
-    Ok(Response::builder().status(204).build())
+    Ok(Reply::empty(204))
 }
 
-fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Response, ApiError> {
+fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Result<Reply, ApiError> {
     let id = conversation_id(id)?;
     let limit = parse_limit(incoming.query_param("limit").as_deref())?;
     let descending = match incoming.query_param("order").as_deref() {
@@ -169,20 +174,19 @@ fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Resu
         }
     };
     let (cursor_ts, cursor_id) = cursor_params(incoming)?;
-    let visible = tx.query("select 1 from public.conversations where id = $1", std::slice::from_ref(&id))?;
-    if visible.rows.is_empty() {
+    if !tx.exists("select count(*) from public.conversations where id = $1", std::slice::from_ref(&id))? {
         return Err(ApiError::not_found("conversation"));
     }
     let (cmp, dir) = if descending { ("<", "desc") } else { (">", "asc") };
+    let order = if descending { shared::spin::PAGE_ROWS_DESC } else { shared::spin::PAGE_ROWS_ASC };
     let sql = format!(
-        "select row_to_json(m)::text, (extract(epoch from m.created_at) * 1000000)::int8, m.id from (
+        "select {order} from (
            select {MESSAGE_COLUMNS} from public.messages
            where conversation_id = $1
              and ($3::int8 is null or (created_at, id) {cmp} (timestamptz 'epoch' + $3::int8 * interval '1 microsecond', $4::uuid))
            order by created_at {dir}, id {dir}
-           limit $2) m
-         order by m.created_at {dir}, m.id {dir}"
+           limit $2) p"
     );
-    let rows = tx.query(&sql, &[id, ParameterValue::Int32(limit as i32 + 1), cursor_ts, cursor_id])?;
-    Ok(json_text(200, page(rows.rows, limit)?))
+    let rows = tx.query_json(&sql, &[id, ParameterValue::Int64(i64::from(limit) + 1), cursor_ts, cursor_id])?;
+    Ok(Reply::json_text(200, page(rows.as_deref(), limit)?))
 }

@@ -1,7 +1,7 @@
 //! `/functions/v1/rate-limit`.
 //!
-//! - `GET`: the caller's policies and where they stand, and today's spend budget, without
-//!   consuming anything.
+//! - `GET`: the caller's policies and where they stand (one statement for all of them), and
+//!   today's spend budget; the look itself counts against the caller's `api` limit.
 //! - `POST` (service role only): check and consume a named limit for a trusted backend,
 //!   `{"key": "...", "limit": "10/min:2", "cost": 1}` -> 200 or 429 with the same headers the
 //!   functions send.
@@ -11,26 +11,26 @@ use serde_json::{json, Value};
 use shared::auth::bearer_token;
 use shared::limiter;
 use shared::ratelimit::{ceil_secs, Limit, Subject, Verdict, DEFAULT_POLICIES};
-use shared::spin::{auth_config, json as json_response, require_user, serve, Incoming};
+use shared::spin::{auth_config, read_body, require_user, serve, Incoming, Reply, MAX_JSON_BODY};
 use shared::ApiError;
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 
 /// Longest key a backend may name.
 const MAX_KEY_CHARS: usize = 200;
 
 #[http_component]
-fn handle(req: Request) -> Response {
-    serve(req, route)
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    serve(req, out, route).await
 }
 
-fn route(incoming: &Incoming) -> Result<Response, ApiError> {
+async fn route(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
     if !incoming.segments().is_empty() {
         return Err(ApiError::not_found("route"));
     }
     match incoming.method {
         Method::Get => show(incoming),
-        Method::Post => consume(incoming),
+        Method::Post => consume(incoming, req).await,
         _ => Err(ApiError::method_not_allowed("GET, POST, OPTIONS")),
     }
 }
@@ -46,34 +46,41 @@ fn describe(v: &Verdict) -> Value {
     })
 }
 
-fn show(incoming: &Incoming) -> Result<Response, ApiError> {
+fn show(incoming: &Incoming) -> Result<Reply, ApiError> {
     let (user_id, principal) = require_user(incoming)?;
     let subject = Subject::user(&user_id);
+    // Looking counts against the caller's `api` limit like any other call.
+    let verdict = limiter::enforce("api", &subject, 1)?;
+    // The policies that key on the user, read in one round trip; chat_byok keys on a provider
+    // key, so only its configuration is shown.
+    let applies = |name: &str| match name {
+        "chat" => !principal.is_anonymous,
+        "chat_anonymous" => principal.is_anonymous,
+        "chat_byok" => false,
+        _ => true,
+    };
+    let names: Vec<&str> = DEFAULT_POLICIES.iter().map(|(n, _)| *n).filter(|n| applies(n)).collect();
+    let states = limiter::peek_many(&names, &subject)?;
     let mut limits = Vec::new();
     for (name, _) in DEFAULT_POLICIES {
-        // The policies that key on the user; chat_byok keys on a provider key, so only its
-        // configuration is shown.
-        let applies = match *name {
-            "chat" => !principal.is_anonymous,
-            "chat_anonymous" => principal.is_anonymous,
-            "chat_byok" => false,
-            _ => true,
-        };
-        if applies {
-            limits.push(describe(&limiter::peek(name, &subject)?));
-        } else {
-            let limit = limiter::policy_limit(name)?;
-            limits.push(json!({"policy": name, "rate": limit.rate, "window_seconds": limit.window_secs(), "burst": limit.burst}));
+        match states.iter().find(|v| v.policy == *name) {
+            Some(state) => limits.push(describe(state)),
+            None => {
+                let limit = limiter::policy_limit(name)?;
+                limits.push(json!({"policy": name, "rate": limit.rate, "window_seconds": limit.window_secs(), "burst": limit.burst}));
+            }
         }
     }
     let budget = match shared::budget::caps()? {
         Some(_) => shared::budget::status(&user_id)?,
         None => Value::Null,
     };
-    Ok(json_response(
+    let mut reply = Reply::json(
         200,
         &json!({"user_id": user_id, "anonymous": principal.is_anonymous, "limits": limits, "budget": budget}),
-    ))
+    );
+    reply.headers.extend(verdict.map(|v| v.headers()).unwrap_or_default());
+    Ok(reply)
 }
 
 #[derive(Deserialize)]
@@ -89,11 +96,12 @@ fn one() -> u64 {
     1
 }
 
-fn consume(incoming: &Incoming) -> Result<Response, ApiError> {
+async fn consume(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
     let principal = auth_config()?.verify(bearer_token(incoming.authorization.as_deref())?)?;
     if principal.role != "service_role" {
         return Err(ApiError::new(403, "forbidden", "checking named limits needs the service role key"));
     }
+    let incoming = Incoming { body: read_body(req, incoming.content_length, MAX_JSON_BODY).await?, ..incoming.clone() };
     let body: CheckRequest = incoming.json()?;
     if body.key.trim().is_empty() || body.key.chars().count() > MAX_KEY_CHARS || body.key.chars().any(char::is_control)
     {
@@ -113,9 +121,7 @@ fn consume(incoming: &Incoming) -> Result<Response, ApiError> {
     if !verdict.allowed {
         return Err(verdict.rejection());
     }
-    let mut response = json_response(200, &json!({"allowed": true, "limit": describe(&verdict)}));
-    for (n, v) in verdict.headers() {
-        response.set_header(n, v);
-    }
+    let mut response = Reply::json(200, &json!({"allowed": true, "limit": describe(&verdict)}));
+    response.headers.extend(verdict.headers());
     Ok(response)
 }
