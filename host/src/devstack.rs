@@ -17,6 +17,72 @@ pub fn euid() -> u32 {
     unsafe { geteuid() }
 }
 
+/// Creates (or replaces) `path` with `contents`, readable by its owner only from the first
+/// byte: the file is made 0600 before anything is written, never chmod'ed after.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Makes sure `dir` is a folder of ours (not a link, not another user's) that nobody else may
+/// write in, creating it with `mode` if missing. Shared places such as /var/tmp are where
+/// another local user could plant a folder or a link for us to write secrets into.
+pub fn private_dir(dir: &Path, mode: u32) -> Result<()> {
+    private_dir_of(dir, mode, &[euid()])
+}
+
+/// A cluster's folder: as [`private_dir`], but it may also belong to the cluster's owner (the
+/// `postgres` user when we run as root, who was handed it on creation).
+fn cluster_dir(dir: &Path) -> Result<()> {
+    let mut owners = vec![euid()];
+    owners.extend(cluster_owner_uid());
+    private_dir_of(dir, 0o700, &owners)
+}
+
+/// The `postgres` user's uid when clusters run as it.
+fn cluster_owner_uid() -> Option<u32> {
+    if !as_postgres() {
+        return None;
+    }
+    let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn private_dir_of(dir: &Path, mode: u32, owners: &[u32]) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if std::fs::symlink_metadata(dir).is_err() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        bail!("{} is not a folder (a link or a file is in its place); remove it", dir.display());
+    }
+    if !owners.contains(&meta.uid()) {
+        bail!("{} belongs to another user (uid {}); remove it or choose another place", dir.display(), meta.uid());
+    }
+    if meta.mode() & 0o022 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// A random token of `n` bytes, hex encoded.
 pub fn random_hex(n: usize) -> String {
     let mut rng = rand::thread_rng();
@@ -94,12 +160,32 @@ fn chown_to_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Hands files a cluster reads (certificates, keys) to its owner, readable by it alone.
+pub fn chown_for_cluster(paths: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in paths {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        chown_to_postgres(path)?;
+    }
+    Ok(())
+}
+
 /// Whether the cluster owner can write in `dir` (every parent must be traversable).
 fn owner_can_use(dir: &Path) -> bool {
     if !as_postgres() {
         return true;
     }
     Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(dir).status().is_ok_and(|s| s.success())
+}
+
+/// What a previous run left behind in a cluster's data folder.
+enum Orphan {
+    /// Nothing: a clean start.
+    None,
+    /// A server still running.
+    Running { pid: u32, port: u16 },
+    /// A lock file whose server is gone.
+    StaleLock,
 }
 
 /// A Postgres cluster in a directory of its own.
@@ -122,9 +208,9 @@ impl Cluster {
         let root = Self::usable_root(preferred)?;
         let data = root.join("data");
         if !data.join("PG_VERSION").exists() {
-            std::fs::create_dir_all(&root)?;
+            cluster_dir(&root)?;
             let pwfile = root.join("pwfile");
-            std::fs::write(&pwfile, format!("{superuser_password}\n"))?;
+            write_private(&pwfile, format!("{superuser_password}\n").as_bytes())?;
             chown_to_postgres(&root)?;
             let mut cmd = owner_command(&bin.join("initdb"));
             cmd.arg("-D").arg(&data).args(["-U", "postgres", "-A", "scram-sha-256", "-E", "UTF8", "--no-locale"]);
@@ -155,14 +241,10 @@ impl Cluster {
                 .take(16)
                 .collect();
         let fallback = PathBuf::from("/var/tmp/chatedge/clusters").join(tag);
-        std::fs::create_dir_all(&fallback)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Traversable so the postgres user can reach its own directory below.
-            let _ = std::fs::set_permissions("/var/tmp/chatedge", std::fs::Permissions::from_mode(0o755));
-            let _ = std::fs::set_permissions("/var/tmp/chatedge/clusters", std::fs::Permissions::from_mode(0o755));
-        }
+        // Ours, and traversable (not listable) so the postgres user can reach its folder below.
+        private_dir(Path::new("/var/tmp/chatedge"), 0o711)?;
+        private_dir(Path::new("/var/tmp/chatedge/clusters"), 0o711)?;
+        cluster_dir(&fallback)?;
         chown_to_postgres(&fallback)?;
         std::fs::remove_dir(preferred).ok();
         #[cfg(unix)]
@@ -171,19 +253,65 @@ impl Cluster {
         Ok(fallback)
     }
 
-    /// Starts the server on 127.0.0.1:`port` and waits until it accepts connections.
+    /// Starts the server on 127.0.0.1:`port` and waits until it accepts connections. A server
+    /// left running on this cluster by a run that did not stop it (the host was killed) is
+    /// adopted as it is, on its own port; a lock file left by a server that is gone is removed.
     pub fn start(&mut self, port: u16) -> Result<()> {
+        match self.orphan()? {
+            Orphan::Running { pid, port } => {
+                tracing::info!("reusing the Postgres server a previous run left running (pid {pid}, port {port})");
+                self.port = port;
+                self.running = true;
+                return Ok(());
+            }
+            Orphan::StaleLock => {
+                tracing::info!("removing a stale Postgres lock file left by a previous run");
+                std::fs::remove_file(self.root.join("data/postmaster.pid"))?;
+            }
+            Orphan::None => {}
+        }
         let mut cmd = owner_command(&self.bin.join("pg_ctl"));
         cmd.arg("-D").arg(self.root.join("data"));
         cmd.arg("-l").arg(self.root.join("postgres.log"));
         cmd.args(["-w", "-t", "60", "-o"]);
         cmd.arg(format!("-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200", self.root.display()));
         cmd.arg("start");
-        run(cmd, "pg_ctl start")
-            .with_context(|| format!("starting postgres (log: {})", self.root.join("postgres.log").display()))?;
+        if let Err(e) = run(cmd, "pg_ctl start") {
+            let log = std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "starting postgres: {e:#}\nlast lines of {}:\n{}",
+                self.root.join("postgres.log").display(),
+                tail.join("\n")
+            );
+        }
         self.port = port;
         self.running = true;
         Ok(())
+    }
+
+    /// What a previous run left: `postmaster.pid` names the server's pid (line 1) and port
+    /// (line 4).
+    fn orphan(&self) -> Result<Orphan> {
+        let Ok(lock) = std::fs::read_to_string(self.root.join("data/postmaster.pid")) else {
+            return Ok(Orphan::None);
+        };
+        let mut lines = lock.lines();
+        let pid: Option<u32> = lines.next().and_then(|l| l.trim().parse().ok());
+        let port: Option<u16> = lines.nth(2).and_then(|l| l.trim().parse().ok());
+        let Some(pid) = pid else { return Ok(Orphan::StaleLock) };
+        // Alive and a postgres server (a recycled pid belonging to something else is not ours).
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let is_postgres = String::from_utf8_lossy(&command).contains("postgres");
+        match (is_postgres, port) {
+            (true, Some(port)) => Ok(Orphan::Running { pid, port }),
+            (true, None) => bail!(
+                "a Postgres server (pid {pid}) is running on {} with no port in its lock file",
+                self.root.display()
+            ),
+            (false, _) => Ok(Orphan::StaleLock),
+        }
     }
 
     /// Stops the server (fast mode: in-flight transactions are rolled back).
@@ -254,19 +382,14 @@ impl DevSecrets {
         if let Ok(text) = std::fs::read_to_string(&path) {
             return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
         }
-        std::fs::create_dir_all(state_dir)?;
+        private_dir(state_dir, 0o700)?;
         let secrets = DevSecrets {
             jwt_secret: random_hex(32),
             postgres_password: random_hex(16),
             authenticator_password: random_hex(16),
             demo_user_id: uuid::Uuid::new_v4().to_string(),
         };
-        std::fs::write(&path, serde_json::to_vec_pretty(&secrets)?)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
+        write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
         Ok(secrets)
     }
 }
@@ -281,8 +404,7 @@ pub async fn prepare_database(
     user_id: &str,
     email: &str,
 ) -> Result<()> {
-    let (client, connection) = tokio_postgres::connect(superuser_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = crate::pgtls::connect(superuser_url).await?;
     // Passwords cannot be bind parameters in ALTER ROLE; this one is our own hex string.
     if !authenticator_password.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("authenticator password must be hex");
@@ -296,4 +418,46 @@ pub async fn prepare_database(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_files_are_private_from_the_first_byte() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secrets.json");
+        write_private(&path, b"{\"k\": 1}")?;
+        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        // Replacing keeps it private (a new file renamed over the old one).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        write_private(&path, b"{}")?;
+        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path)?, b"{}");
+        Ok(())
+    }
+
+    #[test]
+    fn private_dirs_refuse_links_and_tighten_modes() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let state = dir.path().join("state");
+        private_dir(&state, 0o700)?;
+        assert_eq!(std::fs::metadata(&state)?.permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777))?;
+        private_dir(&state, 0o700)?;
+        assert_eq!(std::fs::metadata(&state)?.permissions().mode() & 0o777, 0o700, "world-writable is tightened");
+        // A link planted where the folder should be is refused, not followed.
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink(dir.path(), &planted)?;
+        assert!(private_dir(&planted, 0o700).is_err());
+        if euid() == 0 {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs)?;
+            std::process::Command::new("chown").arg("nobody").arg(&theirs).status()?;
+            assert!(private_dir(&theirs, 0o700).is_err(), "another user's folder is refused");
+        }
+        Ok(())
+    }
 }

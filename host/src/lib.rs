@@ -3,15 +3,20 @@
 
 pub mod devstack;
 pub mod keyvalue;
+pub mod maintenance;
 pub mod manifest;
 pub mod migrate;
 pub mod outbound;
+pub mod pgtls;
 pub mod postgres;
+pub mod redis_outbound;
 pub mod router;
 pub mod runtime;
+pub mod runtime_config;
 pub mod s3dev;
 pub mod sandbox;
 pub mod server;
+pub mod sqlite;
 pub mod tokens;
 pub mod variables;
 
@@ -27,6 +32,8 @@ pub mod bindings {
             "fermyon:spin/key-value@2.0.0.store": crate::keyvalue::Bucket,
             "wasi:keyvalue/store@0.2.0-draft2.bucket": crate::keyvalue::Bucket,
             "wasi:keyvalue/atomics@0.2.0-draft2.cas": crate::keyvalue::Cas,
+            "fermyon:spin/sqlite@2.0.0.connection": crate::sqlite::SqliteConnection,
+            "fermyon:spin/redis@2.0.0.connection": crate::redis_outbound::RedisConnection,
         },
     });
 }

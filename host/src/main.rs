@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use chatedge::devstack::{self, Cluster, DevSecrets};
 use chatedge::manifest::LoadedManifest;
 use chatedge::runtime::{Runtime, RuntimeOptions};
-use chatedge::server::{self, App};
+use chatedge::server::{self, App, ServerLimits};
 use chatedge::variables::{AppVariables, Providers};
 use chatedge::{migrate, tokens};
 use clap::{Parser, Subcommand};
@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "chatedge", version, about = "Serves chatedge's Spin app without Spin installed")]
@@ -30,6 +31,13 @@ enum Command {
         /// The Spin manifest.
         #[arg(long, short = 'f', default_value = "spin.toml")]
         manifest: PathBuf,
+        /// A runtime config file in Spin's format (key-value stores, SQLite databases).
+        #[arg(long, env = "CHATEDGE_RUNTIME_CONFIG_FILE")]
+        runtime_config_file: Option<PathBuf>,
+        /// Where the dev stack and the default stores keep their state (default: `.chatedge`
+        /// beside the manifest), as Spin's `--state-dir`.
+        #[arg(long, env = "CHATEDGE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Apply migrations/ to a database, in order, once each.
     Migrate {
@@ -62,7 +70,9 @@ fn init_tracing() {
 async fn main() -> Result<()> {
     init_tracing();
     match Cli::parse().command {
-        Command::Up { listen, manifest } => up(listen, &manifest).await,
+        Command::Up { listen, manifest, runtime_config_file, state_dir } => {
+            up(listen, &manifest, runtime_config_file.as_deref(), state_dir).await
+        }
         Command::Migrate { db_url, dir } => {
             let applied = migrate::migrate(&db_url, &dir).await?;
             println!("{} migration(s) applied", applied.len());
@@ -88,12 +98,15 @@ struct DevStack {
     generated_jwt: bool,
     /// The embedded S3 server, when the dev stack started one.
     s3: Option<chatedge::s3dev::S3Dev>,
-    /// The in-process sandbox's URL, when the dev stack started one.
-    sandbox: Option<String>,
+    /// The supervised sandbox child, when the dev stack started one.
+    sandbox: Option<chatedge::sandbox::SandboxChild>,
+    /// Where it keeps its files.
+    state_dir: PathBuf,
 }
 
-async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Result<DevStack> {
-    let state_dir = manifest.dir.join(".chatedge");
+async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut Providers) -> Result<DevStack> {
+    let state_dir = state_dir.to_owned();
+    devstack::private_dir(&state_dir, 0o700)?;
     let declares = |name: &str| manifest.manifest.variables.contains_key(name);
     let need_db = declares("db_url") && !providers.provides("db_url");
     let has_keys = ["supabase_jwt_secret", "supabase_jwks_url", "supabase_jwks"].iter().any(|v| providers.provides(v));
@@ -114,14 +127,14 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
     let mut sandbox = None;
     if declares("sandbox_url") && !providers.provides("sandbox_url") {
         let secret = devstack::random_hex(32);
-        let url = chatedge::sandbox::start_in_process(&manifest.dir, "127.0.0.1:0", &secret).await?;
-        providers.dev.insert("sandbox_url".into(), url.clone());
-        providers.dev.insert("sandbox_allowed_host".into(), url.clone());
+        let child = chatedge::sandbox::start(&manifest.dir, "127.0.0.1:0", &secret)?;
+        providers.dev.insert("sandbox_url".into(), child.url.clone());
+        providers.dev.insert("sandbox_allowed_host".into(), child.url.clone());
         providers.dev.insert("sandbox_secret".into(), secret);
-        sandbox = Some(url);
+        sandbox = Some(child);
     }
     if !need_db && !generated_jwt {
-        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3, sandbox });
+        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3, sandbox, state_dir });
     }
     let secrets = DevSecrets::load_or_create(&state_dir)?;
     let mut cluster = None;
@@ -146,7 +159,7 @@ async fn dev_stack(manifest: &LoadedManifest, providers: &mut Providers) -> Resu
     if generated_jwt {
         providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
     }
-    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3, sandbox })
+    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3, sandbox, state_dir })
 }
 
 fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
@@ -171,27 +184,21 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
         if let Some(s3) = &dev.s3 {
             writeln!(out, "  Storage (S3):      {} (objects under .chatedge/s3)", s3.endpoint)?;
         }
-        if let Some(url) = &dev.sandbox {
-            writeln!(out, "  Code sandbox:      {url} (in-process, signed requests)")?;
+        if let Some(child) = &dev.sandbox {
+            let pid = child.pid().map(|p| format!("pid {p}")).unwrap_or_else(|| "restarting".into());
+            writeln!(out, "  Code sandbox:      {} (supervised child process, {pid}, signed requests)", child.url)?;
         }
         writeln!(out, "  JWT secret:        {}", secrets.jwt_secret)?;
         writeln!(out, "  anon key:          {anon}")?;
         writeln!(out, "  service_role key:  {service}")?;
         writeln!(out, "  demo user:         {} ({})", devstack::DEMO_EMAIL, secrets.demo_user_id)?;
         writeln!(out, "  demo access token: {token}")?;
-        let env_file = manifest.dir.join(".chatedge/dev.env");
-        std::fs::write(
-            &env_file,
-            format!(
-                "CHATEDGE_URL={base_url}\nCHATEDGE_ANON_KEY={anon}\nCHATEDGE_SERVICE_ROLE_KEY={service}\nCHATEDGE_TOKEN={token}\n{}",
-                dev.cluster.as_ref().map(|c| format!("CHATEDGE_DB_URL={}\n", c.superuser_url())).unwrap_or_default()
-            ),
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600))?;
-        }
+        let env_file = dev.state_dir.join("dev.env");
+        let contents = format!(
+            "CHATEDGE_URL={base_url}\nCHATEDGE_ANON_KEY={anon}\nCHATEDGE_SERVICE_ROLE_KEY={service}\nCHATEDGE_TOKEN={token}\n{}",
+            dev.cluster.as_ref().map(|c| format!("CHATEDGE_DB_URL={}\n", c.superuser_url())).unwrap_or_default()
+        );
+        devstack::write_private(&env_file, contents.as_bytes())?;
         writeln!(out, "  (also in {}; a fresh token: chatedge token)", display_rel(&env_file, &manifest.dir))?;
     }
     out.flush()?;
@@ -202,15 +209,34 @@ fn display_rel(path: &Path, base: &Path) -> String {
     path.strip_prefix(base).unwrap_or(path).display().to_string()
 }
 
-async fn up(listen: SocketAddr, manifest_path: &Path) -> Result<()> {
+async fn up(
+    listen: SocketAddr,
+    manifest_path: &Path,
+    runtime_config_file: Option<&Path>,
+    state_dir: Option<PathBuf>,
+) -> Result<()> {
     let manifest = LoadedManifest::load(manifest_path)?;
+    let state_dir = state_dir.unwrap_or_else(|| manifest.dir.join(".chatedge"));
     let mut providers = Providers::from_env();
-    let dev = dev_stack(&manifest, &mut providers).await?;
+    let dev = dev_stack(&manifest, &state_dir, &mut providers).await?;
     let app_vars = AppVariables::resolve(&manifest.manifest, &providers)?;
-    let options = RuntimeOptions::from_env(manifest.dir.join(".chatedge/cache"));
+    let mut options = RuntimeOptions::from_env(state_dir.join("cache"));
+    options.stores = chatedge::runtime_config::RuntimeConfig::load(runtime_config_file, &state_dir)?;
     let runtime = Runtime::load(&manifest, &app_vars, options)?;
     runtime.start_epoch_ticker();
-    let app = Arc::new(App::new(&manifest, runtime)?);
+    let mut limits = ServerLimits::from_env();
+    // The drain and the instance limit must outlast the app's longest chat stream.
+    let stream_deadline = app_vars
+        .get("provider_total_timeout_ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(300));
+    limits.cover(stream_deadline);
+    let drain = limits.drain;
+    let app = Arc::new(App::new(&manifest, runtime, limits)?);
+    // Bookkeeping no request finishes by itself: stale pending rows and budget holds, idle
+    // limiter keys (migrations/0006). Needs the app's database; nothing to do without one.
+    let maintenance = app_vars.get("db_url").map(|url| chatedge::maintenance::start(url.to_owned(), stream_deadline));
     let threads = std::env::var("CHATEDGE_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -219,8 +245,9 @@ async fn up(listen: SocketAddr, manifest_path: &Path) -> Result<()> {
     let base_url = format!("http://{}", running.local_addr);
     banner(&app, &manifest, &base_url, &dev)?;
     server::shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests (up to {}s)", server::DRAIN_TIMEOUT.as_secs());
+    tracing::info!("shutting down: draining in-flight requests (up to {}s)", drain.as_secs());
     tokio::task::spawn_blocking(move || running.shutdown()).await??;
+    drop(maintenance);
     drop(dev);
     Ok(())
 }

@@ -115,6 +115,9 @@ pub struct ComponentSpec {
     /// Key-value stores the component may open.
     #[serde(default)]
     pub key_value_stores: Vec<String>,
+    /// SQLite databases the component may open.
+    #[serde(default)]
+    pub sqlite_databases: Vec<String>,
     /// Environment variables handed to the guest.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,

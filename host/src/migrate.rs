@@ -45,14 +45,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Migration>> {
 /// Returns the names applied now.
 pub async fn migrate(db_url: &str, dir: &Path) -> Result<Vec<String>> {
     let migrations = read_dir(dir)?;
-    let (mut client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the database for migrations")?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("migration connection: {e}");
-        }
-    });
+    let mut client = crate::pgtls::connect(db_url).await.context("connecting to the database for migrations")?;
     client
         .batch_execute(
             "create schema if not exists chatedge;

@@ -19,6 +19,25 @@ enum HostPattern {
     Exact(String),
     /// `*.example.com`: any subdomain, not the apex.
     Subdomain(String),
+    /// `10.0.0.0/8`, `fd00::/8`: any address in the network.
+    Network(std::net::IpAddr, u8),
+}
+
+/// Whether `ip` lies in `network`/`prefix`.
+fn in_network(ip: std::net::IpAddr, network: std::net::IpAddr, prefix: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, network) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix.min(32)) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix.min(128)) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V4(_)) => a.to_ipv4_mapped().is_some_and(|v4| in_network(v4.into(), network, prefix)),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,15 +65,24 @@ impl AllowedHost {
         let (scheme, rest) =
             raw.split_once("://").with_context(|| format!("'{raw}': expected scheme://host[:port]"))?;
         let rest = rest.trim_end_matches('/');
-        if rest.contains('/') {
-            bail!("'{raw}': paths are not allowed in allowed_outbound_hosts");
-        }
         let scheme = if scheme == "*" { None } else { Some(scheme.to_ascii_lowercase()) };
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => (h, Some(p)),
+            Some((h, p)) if (!h.ends_with(']') || rest.starts_with('[')) && !p.contains(']') => (h, Some(p)),
             _ => (rest, None),
         };
-        let host = if host == "*" {
+        // A network (`10.0.0.0/8`); any other `/` is a path, which has no place here.
+        let network = host.split_once('/').map(|(ip, prefix)| {
+            let ip: std::net::IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+            let prefix: u8 = prefix.trim_end_matches(']').parse().ok()?;
+            (prefix <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, prefix))
+        });
+        let host = if let Some(network) = network {
+            let (ip, prefix) =
+                network.with_context(|| format!("'{raw}': paths are not allowed in allowed_outbound_hosts"))?;
+            HostPattern::Network(ip, prefix)
+        } else if port.is_some_and(|p| p.contains('/')) {
+            bail!("'{raw}': paths are not allowed in allowed_outbound_hosts");
+        } else if host == "*" {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             HostPattern::Subdomain(suffix.to_ascii_lowercase())
@@ -91,6 +119,7 @@ impl AllowedHost {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h.trim_start_matches('[').trim_end_matches(']') == host,
             HostPattern::Subdomain(suffix) => host.strip_suffix(suffix.as_str()).is_some_and(|p| p.ends_with('.')),
+            HostPattern::Network(net, prefix) => host.parse().is_ok_and(|ip| in_network(ip, *net, *prefix)),
         };
         let port_ok = match self.port {
             PortPattern::Any => true,
@@ -199,6 +228,18 @@ mod tests {
         assert!(allows("http://localhost:3000..3010", "http", "localhost", 3005));
         assert!(!allows("http://localhost:3000..3010", "http", "localhost", 3010));
         assert!(allows("http://[::1]:8080", "http", "[::1]", 8080));
+    }
+
+    #[test]
+    fn networks() {
+        assert!(allows("*://127.0.0.0/24:7", "tcp", "127.0.0.1", 7));
+        assert!(!allows("*://127.0.0.0/24:7", "tcp", "127.0.1.1", 7));
+        assert!(!allows("*://127.0.0.0/24:7", "tcp", "127.0.0.1", 8));
+        assert!(allows("tcp://10.0.0.0/8:*", "tcp", "10.200.3.4", 5432));
+        assert!(allows("tcp://[fd00::]/8:443", "tcp", "fd12::1", 443));
+        assert!(allows("tcp://127.0.0.1/32:9", "tcp", "127.0.0.1", 9));
+        assert!(AllowedHost::parse("tcp://10.0.0.0/33:1").is_err());
+        assert!(AllowedHost::parse("tcp://example.com/24:1").is_err());
     }
 
     #[test]

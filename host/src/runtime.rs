@@ -33,6 +33,8 @@ pub struct RuntimeOptions {
     pub cache_dir: PathBuf,
     /// Bytes of each memory / table slot kept resident between instances.
     pub keep_resident_bytes: usize,
+    /// Key-value stores and SQLite databases (runtime config, defaults in the state folder).
+    pub stores: crate::runtime_config::RuntimeConfig,
 }
 
 impl RuntimeOptions {
@@ -46,6 +48,7 @@ impl RuntimeOptions {
             pg_pool_size: num("CHATEDGE_PG_POOL_SIZE", 16) as usize,
             keep_resident_bytes: (num("CHATEDGE_KEEP_RESIDENT_KB", 2048) as usize) << 10,
             cache_dir: std::env::var_os("CHATEDGE_CACHE_DIR").map(PathBuf::from).unwrap_or(default_cache),
+            stores: crate::runtime_config::RuntimeConfig::default(),
         }
     }
 }
@@ -64,6 +67,10 @@ pub struct RequestState {
     pub pg: Arc<PgPools>,
     /// Key-value stores shared by all requests.
     pub kv: Arc<crate::keyvalue::KvStores>,
+    /// SQLite databases shared by all requests.
+    pub sqlite: Arc<crate::sqlite::SqliteDatabases>,
+    /// Outbound Redis connections shared by all requests.
+    pub redis_clients: Arc<crate::redis_outbound::RedisClients>,
 }
 
 impl WasiView for RequestState {
@@ -88,6 +95,8 @@ pub struct ComponentRuntime {
     pub outbound: OutboundPolicy,
     /// Stores the component may open (`key_value_stores`).
     pub key_value_stores: Vec<String>,
+    /// SQLite databases the component may open (`sqlite_databases`).
+    pub sqlite_databases: Vec<String>,
     environment: Vec<(String, String)>,
     pre: ProxyPre<RequestState>,
 }
@@ -99,6 +108,8 @@ pub struct Runtime {
     pub components: BTreeMap<String, Arc<ComponentRuntime>>,
     pg: Arc<PgPools>,
     kv: Arc<crate::keyvalue::KvStores>,
+    sqlite: Arc<crate::sqlite::SqliteDatabases>,
+    redis_clients: Arc<crate::redis_outbound::RedisClients>,
     options: RuntimeOptions,
 }
 
@@ -209,14 +220,27 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::bindings::SpinHost::add_to_linker::<_, HasSelf<RequestState>>(&mut linker, |s| s)?;
 
+        let kv = Arc::new(crate::keyvalue::KvStores::new(options.stores.key_value_stores.clone()));
+        let sqlite = Arc::new(crate::sqlite::SqliteDatabases::new(options.stores.sqlite_databases.clone()));
         let mut components = BTreeMap::new();
         for (id, spec) in &manifest.manifest.component {
+            for label in &spec.key_value_stores {
+                if !kv.is_defined(label) {
+                    bail!("component '{id}' uses key-value store '{label}', which the runtime config does not define (only 'default' exists without one)");
+                }
+            }
+            for label in &spec.sqlite_databases {
+                if !sqlite.is_defined(label) {
+                    bail!("component '{id}' uses SQLite database '{label}', which the runtime config does not define");
+                }
+            }
             let path = manifest.source_path(spec);
             let component = load_component(&engine, &path, &options.cache_dir)?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("component '{id}' imports something this host does not provide"))?;
+            // wasmtime names the first import it cannot satisfy ("component imports instance
+            // `fermyon:spin/mqtt@2.0.0`, but a matching implementation was not found").
+            let pre = linker.instantiate_pre(&component).map_err(|e| {
+                anyhow::anyhow!("component '{id}' needs an interface chatedge does not provide (run it on Spin): {e}")
+            })?;
             let pre = ProxyPre::new(pre)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("component '{id}' does not export wasi:http/incoming-handler"))?;
@@ -235,6 +259,7 @@ impl Runtime {
                         .with_context(|| format!("component '{id}' variables"))?,
                     outbound: OutboundPolicy::new(id, &allowed)?,
                     key_value_stores: spec.key_value_stores.clone(),
+                    sqlite_databases: spec.sqlite_databases.clone(),
                     environment,
                     pre,
                 }),
@@ -244,7 +269,8 @@ impl Runtime {
             bail!("the manifest has no components");
         }
         let pg = Arc::new(PgPools::new(options.pg_pool_size));
-        Ok(Runtime { engine, components, pg, kv: Arc::default(), options })
+        let redis_clients = Arc::default();
+        Ok(Runtime { engine, components, pg, kv, sqlite, redis_clients, options })
     }
 
     /// Starts the epoch ticker that lets long-running guests yield to other requests.
@@ -266,6 +292,30 @@ impl Runtime {
         for (k, v) in &component.environment {
             wasi.env(k, v);
         }
+        // wasi:sockets as Spin allows them: a TCP connect (or a UDP datagram) only to an address
+        // `allowed_outbound_hosts` names with the `tcp` (or `udp`) scheme, and no server
+        // sockets. wasmtime 48 (unlike the wasmtime 44 in Spin 4.0.2) also asks about the
+        // implicit bind a connect or send makes, as a bind of the unspecified address on port 0:
+        // that one is allowed (it serves nothing: listening is refused); any other bind is not.
+        let policy = component.clone();
+        wasi.allow_ip_name_lookup(true).allow_tcp(true).allow_udp(true);
+        wasi.socket_addr_check(move |addr, use_| {
+            use wasmtime_wasi::sockets::SocketAddrUse;
+            let policy = policy.clone();
+            Box::pin(async move {
+                let scheme = match use_ {
+                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                        return addr.ip().is_unspecified() && addr.port() == 0
+                    }
+                    SocketAddrUse::TcpConnect => "tcp",
+                    // Datagrams go to, and come from, allowed addresses only.
+                    SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => "udp",
+                    // Listening and accepting: never.
+                    _ => return false,
+                };
+                policy.outbound.check(scheme, &addr.ip().to_string(), addr.port())
+            })
+        });
         let state = RequestState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
@@ -275,6 +325,8 @@ impl Runtime {
             component: component.clone(),
             pg: self.pg.clone(),
             kv: self.kv.clone(),
+            sqlite: self.sqlite.clone(),
+            redis_clients: self.redis_clients.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

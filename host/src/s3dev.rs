@@ -1,9 +1,8 @@
 //! The embedded S3 server of the dev stack and the tests: the `s3s` protocol implementation over
 //! `s3s-fs` (objects as files under a directory), SigV4 signatures verified (headers and
-//! presigned URLs) with one access key pair.
+//! presigned URLs) with one access key pair, served under `netserve`'s slow-client limits.
 
 use anyhow::{Context, Result};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use std::net::SocketAddr;
@@ -34,18 +33,24 @@ pub async fn start(root: &Path, bucket: &str, listen: &str, access_key: &str, se
         b.set_auth(SimpleAuth::from_single(access_key, secret_key));
         b.build()
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let addr: SocketAddr = listen.parse().with_context(|| format!("S3 listen address {listen}"))?;
+    let listener = netserve::bind(addr).with_context(|| format!("binding {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let _ = socket.set_nodelay(true);
-            let conn = builder.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
+    let limits = netserve::Limits::from_env("CHATEDGE_S3");
+    let builder = std::sync::Arc::new(limits.builder());
+    let task = tokio::spawn(netserve::serve(
+        listener,
+        limits,
+        move |accepted: netserve::Accepted| {
+            let (builder, service) = (builder.clone(), service.clone());
+            async move {
+                let _ = builder.serve_connection(accepted.io, service).await;
+                drop(accepted.permit);
+            }
+        },
+        std::future::pending(),
+    ));
     Ok(S3Dev { endpoint: format!("http://{addr}"), addr, task })
 }
