@@ -74,6 +74,8 @@ impl Received {
 struct State {
     script: VecDeque<Answer>,
     fallback: Option<Answer>,
+    /// Answers by the request's `stream` flag: (streaming, whole), used when the script is out.
+    by_kind: Option<(Answer, Answer)>,
     received: Vec<Received>,
     hung_up: usize,
     finished: usize,
@@ -133,6 +135,19 @@ impl FakeProvider {
         Ok(FakeProvider { origin: format!("http://{addr}"), state, task })
     }
 
+    /// A fake that answers every request by its `stream` flag: `stream` as SSE, the others with
+    /// `completion` (a JSON body).
+    pub async fn start_by_kind(stream: Vec<String>, completion: String) -> anyhow::Result<Self> {
+        let fake = FakeProvider::start(Vec::new(), None).await?;
+        if let Ok(mut s) = fake.state.lock() {
+            s.by_kind = Some((
+                Answer::Stream { events: stream, delay: Duration::ZERO, end: End::Finish },
+                Answer::Json { status: 200, headers: Vec::new(), body: completion },
+            ));
+        }
+        Ok(fake)
+    }
+
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().map(|s| s.received.clone()).unwrap_or_default()
@@ -164,16 +179,19 @@ impl FakeProvider {
 async fn answer(state: Arc<Mutex<State>>, req: hyper::Request<hyper::body::Incoming>) -> Reply {
     let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let headers = req.headers().clone();
+    // As strict as the servers that read only Content-Length (Python's http.server, several
+    // proxies): a chunked request body is refused.
+    if req.method() == http::Method::POST && !headers.contains_key(http::header::CONTENT_LENGTH) {
+        return plain(411, "Length Required");
+    }
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let next = {
         let Ok(mut s) = state.lock() else { return plain(500, "poisoned") };
-        s.received.push(Received {
-            path,
-            headers,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-            at: Instant::now(),
-        });
-        s.script.pop_front().or_else(|| s.fallback.clone())
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let streaming = body["stream"] == Value::Bool(true);
+        s.received.push(Received { path, headers, body, at: Instant::now() });
+        let by_kind = s.by_kind.as_ref().map(|(stream, whole)| if streaming { stream.clone() } else { whole.clone() });
+        s.script.pop_front().or_else(|| s.fallback.clone()).or(by_kind)
     };
     match next {
         None => plain(500, "fake provider: no scripted answer left"),

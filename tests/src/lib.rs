@@ -13,7 +13,17 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+pub mod conformance;
 pub mod fake_llm;
+pub mod flows;
+
+/// GETs `url` (a presigned download link, say): status and body.
+pub async fn fetch(url: &str) -> Result<(u16, Vec<u8>)> {
+    let client = HyperClient::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let res = client.get(url.parse()?).await?;
+    let status = res.status().as_u16();
+    Ok((status, res.into_body().collect().await?.to_bytes().to_vec()))
+}
 
 /// The HS256 secret every test host is configured with.
 pub const JWT_SECRET: &str = "test-secret-with-at-least-32-characters-0123456789";
@@ -74,8 +84,20 @@ impl TestDb {
 
     /// A superuser connection for setup and for checking what was written.
     pub async fn admin(&self) -> Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::connect(&self.cluster.superuser_url(), tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
+        chatedge::pgtls::connect(&self.cluster.superuser_url()).await
+    }
+
+    /// A connection acting as `user` exactly as PostgREST would for a request with their token:
+    /// role `authenticated`, the claims published. What a user can do through Supabase's REST
+    /// API directly, bypassing the functions.
+    pub async fn as_user(&self, user: &User) -> Result<tokio_postgres::Client> {
+        let client = self.admin().await?;
+        client
+            .batch_execute(&format!(
+                "set role authenticated; select set_config('request.jwt.claims', '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', false)",
+                user.id
+            ))
+            .await?;
         Ok(client)
     }
 
@@ -92,6 +114,95 @@ impl TestDb {
             .await?;
         let token = chatedge::tokens::user_token(JWT_SECRET.as_bytes(), &id.to_string(), &email, 3600)?;
         Ok(User { id, token })
+    }
+
+    /// Like [`TestDb::start`], with TLS on (a server certificate for 127.0.0.1 signed by a
+    /// throwaway CA, both made with openssl) and plain TCP refused (`hostssl` only), so a
+    /// connection that works is an encrypted one. Returns the CA certificate for `sslrootcert`.
+    pub async fn start_tls() -> Result<(Self, PathBuf)> {
+        let db = TestDb::start().await?;
+        let root = db.cluster.root().to_owned();
+        let (cert, key) = (root.join("server.crt"), root.join("server.key"));
+        let (ca, ca_key, csr, ext) =
+            (root.join("ca.crt"), root.join("ca.key"), root.join("server.csr"), root.join("server.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")?;
+        let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .context("running openssl")?;
+            if !status.success() {
+                bail!("openssl could not make a certificate");
+            }
+            Ok(())
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        openssl(&[
+            os("req"),
+            os("-x509"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-days"),
+            os("2"),
+            os("-subj"),
+            os("/CN=chatedge test CA"),
+            os("-keyout"),
+            ca_key.as_os_str(),
+            os("-out"),
+            ca.as_os_str(),
+        ])?;
+        openssl(&[
+            os("req"),
+            os("-newkey"),
+            os("rsa:2048"),
+            os("-nodes"),
+            os("-subj"),
+            os("/CN=127.0.0.1"),
+            os("-keyout"),
+            key.as_os_str(),
+            os("-out"),
+            csr.as_os_str(),
+        ])?;
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-days"),
+            os("2"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            cert.as_os_str(),
+        ])?;
+        chatedge::devstack::chown_for_cluster(&[&cert, &key])?;
+        let hba = root.join("data/pg_hba.conf");
+        let conf = std::fs::read_to_string(&hba)?;
+        let tls_only: String = conf
+            .lines()
+            .map(|l| if l.starts_with("host ") { l.replacen("host ", "hostssl ", 1) } else { l.to_owned() })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&hba, tls_only)?;
+        let admin = db.admin().await?;
+        // One statement per call: a batch is one transaction, which ALTER SYSTEM refuses.
+        for statement in [
+            "alter system set ssl = on".to_owned(),
+            format!("alter system set ssl_cert_file = '{}'", cert.display()),
+            format!("alter system set ssl_key_file = '{}'", key.display()),
+            "select pg_reload_conf()".to_owned(),
+        ] {
+            admin.batch_execute(&statement).await?;
+        }
+        Ok((db, ca))
     }
 
     /// The URL the functions use (the `authenticator` role, as in production).
@@ -117,9 +228,46 @@ pub struct User {
     pub token: String,
 }
 
-/// A running `chatedge up`.
+/// Which runtime a [`Host`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `chatedge up`, the bundled host.
+    Chatedge,
+    /// `spin up`, the real Spin.
+    Spin,
+}
+
+/// The Spin binary for the real-Spin suite: `SPIN_BIN`, else `spin` on `PATH`, else the team
+/// kit's `../shared/bin/spin` beside the repository. `None` only when `./dev test` said loudly
+/// that none was found (`CHATEDGE_NO_SPIN=1`); otherwise a missing binary fails the test.
+pub fn spin_bin() -> Result<Option<PathBuf>> {
+    if let Some(p) = std::env::var_os("SPIN_BIN").filter(|p| !p.is_empty()) {
+        return Ok(Some(PathBuf::from(p)));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(found) = std::env::split_paths(&path).map(|d| d.join("spin")).find(|p| p.is_file()) {
+            return Ok(Some(found));
+        }
+    }
+    let kit = repo_root().join("../../shared/bin/spin");
+    if kit.is_file() {
+        return Ok(Some(kit));
+    }
+    if std::env::var("CHATEDGE_NO_SPIN").is_ok_and(|v| v == "1") {
+        return Ok(None);
+    }
+    bail!("no Spin binary: set SPIN_BIN (./dev test finds ../shared/bin/spin), or CHATEDGE_NO_SPIN=1 to leave the real-Spin suite out")
+}
+
+/// A running `chatedge up` or `spin up`.
 pub struct Host {
     child: tokio::process::Child,
+    /// The host's own state folder (key-value and SQLite files, dev-stack objects).
+    _state: tempfile::TempDir,
+    /// Services started for this host (for Spin, which has no dev stack: S3, the sandbox).
+    _services: Vec<Box<dyn std::any::Any + Send + Sync>>,
+    /// Which runtime this is.
+    pub runtime: Runtime,
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
     client: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -159,14 +307,23 @@ impl Reply {
 impl Host {
     /// Starts the host on a free port against `db`, with extra environment (e.g. variables).
     pub async fn start(db: &TestDb, env: &[(&str, &str)]) -> Result<Self> {
+        Host::start_with_database(db, &db.app_url(), &db.cluster.host_port(), env).await
+    }
+
+    /// Like [`Host::start`], with the functions given `db_url` and `db_host` as written.
+    pub async fn start_with_database(_db: &TestDb, db_url: &str, db_host: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let state = tempfile::tempdir_in("/var/tmp")?;
         let mut cmd = tokio::process::Command::new(chatedge_bin()?);
         cmd.arg("up")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--manifest")
             .arg(repo_root().join("spin.toml"))
-            .env("SPIN_VARIABLE_DB_URL", db.app_url())
-            .env("SPIN_VARIABLE_DB_HOST", db.cluster.host_port())
+            .arg("--state-dir")
+            .arg(state.path())
+            .env("CHATEDGE_PG_ZERO_ROWS", "error")
+            .env("SPIN_VARIABLE_DB_URL", db_url)
+            .env("SPIN_VARIABLE_DB_HOST", db_host)
             .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", JWT_SECRET)
             .env(
                 "CHATEDGE_CACHE_DIR",
@@ -179,7 +336,139 @@ impl Host {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().context("spawning chatedge")?;
+        let (child, base_url, log) = Host::wait_serving(cmd).await?;
+        let client = HyperClient::builder(TokioExecutor::new()).build_http();
+        Ok(Host { child, _state: state, _services: Vec::new(), runtime: Runtime::Chatedge, base_url, client, log })
+    }
+
+    /// `spin up --from spin.toml` against `db`, with what the dev stack would have given it
+    /// started here: the embedded S3 server, the sandbox service (signed, as a supervised child)
+    /// and the JWT secret. `None` when there is no Spin binary and `./dev test` said so.
+    pub async fn start_spin(db: &TestDb, env: &[(&str, &str)]) -> Result<Option<Self>> {
+        let Some(spin) = spin_bin()? else {
+            eprintln!("!!! no Spin binary: the real-Spin check is left out (CHATEDGE_NO_SPIN=1)");
+            return Ok(None);
+        };
+        let state = tempfile::tempdir_in("/var/tmp")?;
+        let s3 =
+            chatedge::s3dev::start(&state.path().join("s3"), "uploads", "127.0.0.1:0", "spin-s3", "spin-s3-secret")
+                .await?;
+        let sandbox_secret = devstack::random_hex(32);
+        let sandbox = chatedge::sandbox::start_binary(
+            Some(chatedge_bin()?.with_file_name("sandbox")),
+            &repo_root(),
+            "127.0.0.1:0",
+            &sandbox_secret,
+        )?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = devstack::free_port()?;
+            let mut cmd = tokio::process::Command::new(&spin);
+            cmd.arg("up")
+                .arg("--from")
+                .arg(repo_root().join("spin.toml"))
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--state-dir")
+                .arg(state.path())
+                .env("SPIN_VARIABLE_DB_URL", db.app_url())
+                .env("SPIN_VARIABLE_DB_HOST", db.cluster.host_port())
+                .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", JWT_SECRET)
+                .env("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint)
+                .env("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", &s3.endpoint)
+                .env("SPIN_VARIABLE_STORAGE_ACCESS_KEY_ID", "spin-s3")
+                .env("SPIN_VARIABLE_STORAGE_SECRET_ACCESS_KEY", "spin-s3-secret")
+                .env("SPIN_VARIABLE_SANDBOX_URL", &sandbox.url)
+                .env("SPIN_VARIABLE_SANDBOX_ALLOWED_HOST", &sandbox.url)
+                .env("SPIN_VARIABLE_SANDBOX_SECRET", &sandbox_secret)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            match Host::wait_serving(cmd).await {
+                Ok((child, base_url, log)) => {
+                    let client = HyperClient::builder(TokioExecutor::new()).build_http();
+                    return Ok(Some(Host {
+                        child,
+                        _state: state,
+                        _services: vec![Box::new(s3), Box::new(sandbox)],
+                        runtime: Runtime::Spin,
+                        base_url,
+                        client,
+                        log,
+                    }));
+                }
+                // Another process took the port between the probe and the bind: try another.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("spin up did not start")))
+    }
+
+    /// Serves another app (`manifest`, e.g. a test-only component) on `runtime`, with `env` as
+    /// its whole configuration and nothing else started. `None` for Spin when there is no Spin
+    /// binary and `./dev test` said so.
+    pub async fn serve_app(runtime: Runtime, manifest: &std::path::Path, env: &[(&str, &str)]) -> Result<Option<Self>> {
+        let state = tempfile::tempdir_in("/var/tmp")?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let mut cmd = match runtime {
+                Runtime::Chatedge => {
+                    let mut c = tokio::process::Command::new(chatedge_bin()?);
+                    c.arg("up").arg("--manifest").arg(manifest).arg("--listen").arg("127.0.0.1:0");
+                    c.env(
+                        "CHATEDGE_CACHE_DIR",
+                        std::env::var("CHATEDGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp/chatedge/cache".into()),
+                    );
+                    c.env_remove("CHATEDGE_LISTEN");
+                    c
+                }
+                Runtime::Spin => {
+                    let Some(spin) = spin_bin()? else {
+                        eprintln!("!!! no Spin binary: the real-Spin check is left out (CHATEDGE_NO_SPIN=1)");
+                        return Ok(None);
+                    };
+                    let mut c = tokio::process::Command::new(spin);
+                    c.arg("up")
+                        .arg("--from")
+                        .arg(manifest)
+                        .arg("--listen")
+                        .arg(format!("127.0.0.1:{}", devstack::free_port()?));
+                    c
+                }
+            };
+            cmd.arg("--state-dir").arg(state.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            match Host::wait_serving(cmd).await {
+                Ok((child, base_url, log)) => {
+                    let client = HyperClient::builder(TokioExecutor::new()).build_http();
+                    return Ok(Some(Host {
+                        child,
+                        _state: state,
+                        _services: Vec::new(),
+                        runtime,
+                        base_url,
+                        client,
+                        log,
+                    }));
+                }
+                // Spin's port was taken between the probe and its bind: try another.
+                Err(e) if runtime == Runtime::Spin => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("spin up did not start")))
+    }
+
+    /// Starts `cmd` and waits for its "Serving http://..." line (both runtimes print it).
+    async fn wait_serving(
+        mut cmd: tokio::process::Command,
+    ) -> Result<(tokio::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>)> {
+        let mut child = cmd.spawn().context("spawning the runtime")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
             let log = log.clone();
@@ -195,19 +484,31 @@ impl Host {
         }
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let base_url = tokio::time::timeout(Duration::from_secs(120), async {
+        let log_for_stdout = log.clone();
+        let base_url = tokio::time::timeout(Duration::from_secs(300), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(url) = line.strip_prefix("Serving ") {
                     return Ok::<_, anyhow::Error>(url.trim().to_owned());
                 }
+                if let Ok(mut l) = log_for_stdout.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
             }
-            bail!("chatedge exited before serving")
+            bail!("the runtime exited before serving: {}", log_for_stdout.lock().map(|l| l.clone()).unwrap_or_default())
         })
         .await
-        .context("waiting for chatedge to serve")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let client = HyperClient::builder(TokioExecutor::new()).build_http();
-        Ok(Host { child, base_url, client, log })
+        .context("waiting for the runtime to serve")??;
+        let log_rest = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut l) = log_rest.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Ok((child, base_url, log))
     }
 
     /// The host process id (for resource measurements).

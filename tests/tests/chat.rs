@@ -515,7 +515,11 @@ async fn client_disconnect_mid_stream_keeps_the_partial_and_closes_the_upstream(
     let rows = usage(&db, &kim).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].5, "incomplete");
-    assert!(rows[0].3 > 0, "completion tokens estimated for the partial answer");
+    // Never fewer tokens than bytes received, nor a prompt below what the upstream request
+    // could hold: a disconnect cannot make a call cheaper than it was.
+    assert!(rows[0].3 as usize >= text.len(), "completion tokens {} for {} bytes", rows[0].3, text.len());
+    let sent = fake.received()[0].body.to_string().len();
+    assert!(rows[0].2 as usize >= sent, "prompt tokens {} for a {sent}-byte request", rows[0].2);
     Ok(())
 }
 
@@ -722,4 +726,251 @@ async fn sigterm_lets_a_running_stream_finish() -> anyhow::Result<()> {
     let stored = messages(&db, &conversation).await?;
     assert_eq!(stored[1], ("assistant".into(), pieces.concat(), "complete".into()));
     Ok(())
+}
+
+#[tokio::test]
+async fn provider_requests_carry_their_length_not_chunks() -> anyhow::Result<()> {
+    // The fake refuses a chunked request body with 411, as Python's http.server does.
+    let fake =
+        FakeProvider::start(vec![fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 3, 1))], None)
+            .await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let user = db.user().await?;
+    let r = chat(&host, &user, json!({"message": "hi", "stream": false})).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let sent = &fake.received()[0];
+    let length: usize = sent.header("content-length").expect("content-length").parse()?;
+    assert_eq!(length, sent.body.to_string().len());
+    assert!(sent.header("transfer-encoding").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fresh_provider_key_per_request_buys_no_fresh_bucket() -> anyhow::Result<()> {
+    let fake = FakeProvider::start(
+        Vec::new(),
+        Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 1, 1))),
+    )
+    .await?;
+    let db = TestDb::start().await?;
+    let host = start(
+        &db,
+        &[("openai", &fake)],
+        &[("SPIN_VARIABLE_RATELIMIT_CHAT", "2/min:2"), ("SPIN_VARIABLE_RATELIMIT_CHAT_BYOK", "100/min:100")],
+    )
+    .await?;
+    let user = db.user().await?;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let r = host
+            .send(
+                "POST",
+                CHAT,
+                Some(&user.token),
+                Some(serde_json::to_vec(&json!({"message": "hi", "stream": false}))?),
+                &[("x-provider-api-key", &format!("sk-random-{i}-{}", uuid::Uuid::new_v4()))],
+            )
+            .await?;
+        statuses.push((r.status, r.json()["error"]["policy"].clone()));
+    }
+    assert_eq!(statuses[..2], [(200, Value::Null), (200, Value::Null)]);
+    assert_eq!(statuses[2], (429, json!("chat")), "the caller's own limit still applies");
+    Ok(())
+}
+
+#[tokio::test]
+async fn nul_bytes_from_the_provider_are_stored_and_the_call_is_counted() -> anyhow::Result<()> {
+    let events = fake_llm::openai_stream("gpt-4o-mini", &["before\u{0}after", " end"], 7, 3);
+    let fake = FakeProvider::start(vec![fake_llm::stream(events)], None).await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let user = db.user().await?;
+    let r = chat(&host, &user, json!({"message": "hi"})).await?;
+    assert_eq!(r.status, 200);
+    let conversation = r.header("x-chatedge-conversation-id").expect("conversation").to_owned();
+    let stored = messages(&db, &conversation).await?;
+    assert_eq!((stored[1].1.as_str(), stored[1].2.as_str()), ("before\u{FFFD}after end", "complete"));
+    let rows = usage(&db, &user).await?;
+    assert_eq!((rows.len(), rows[0].2, rows[0].3, rows[0].5.as_str()), (1, 7, 3, "complete"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_key_is_never_quoted_to_clients_or_rows() -> anyhow::Result<()> {
+    let refusal = fake_llm::openai_error(
+        "Incorrect API key provided: sk-proj-********************wxyz. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        Some("invalid_api_key"),
+    );
+    let fake =
+        FakeProvider::start(Vec::new(), Some(Answer::Json { status: 401, headers: vec![], body: refusal })).await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let user = db.user().await?;
+    for byo in [None, Some("sk-user-secret-abcdwxyz")] {
+        let headers: Vec<(&str, &str)> = byo.map(|k| vec![("x-provider-api-key", k)]).unwrap_or_default();
+        let r = host
+            .send(
+                "POST",
+                CHAT,
+                Some(&user.token),
+                Some(serde_json::to_vec(&json!({"message": "hi", "stream": false}))?),
+                &headers,
+            )
+            .await?;
+        assert_eq!((r.status, r.error_code()), (502, "provider_auth_failed".to_owned()));
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(!body.contains("wxyz") && !body.contains("sk-"), "{body}");
+    }
+    let leaked: i64 = db
+        .admin()
+        .await?
+        .query_one(
+            "select count(*) from messages where user_id = $1 and (metadata::text like '%wxyz%' or metadata::text like '%sk-%')",
+            &[&user.id],
+        )
+        .await?
+        .get(0);
+    assert_eq!(leaked, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unconfigured_compatible_server_is_not_guessed() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = start(&db, &[], &[]).await?;
+    let user = db.user().await?;
+    let r = chat(&host, &user, json!({"message": "hi", "provider": "openai_compatible", "model": "llama3.2"})).await?;
+    assert_eq!((r.status, r.error_code()), (503, "provider_not_configured".to_owned()));
+    assert_eq!(r.json()["error"]["variable"], "compatible_base_url");
+    Ok(())
+}
+
+#[tokio::test]
+async fn budgets_price_every_model_images_and_tools_honestly() -> anyhow::Result<()> {
+    let fake =
+        FakeProvider::start(Vec::new(), Some(fake_llm::ok_json(fake_llm::openai_completion("o3", "ok", 5, 5)))).await?;
+    let db = TestDb::start().await?;
+    // $0.005 a day: 100 output tokens of o3 ($8 per 1M) reserve $0.0008, of o3-pro ($80) $0.008.
+    let host = start(&db, &[("openai", &fake)], &[("SPIN_VARIABLE_BUDGET_DAILY_USD", "0.005")]).await?;
+    let user = db.user().await?;
+    // A model without a price cannot run under a USD cap.
+    let r = chat(&host, &user, json!({"message": "hi", "model": "o3-deep-research", "stream": false})).await?;
+    assert_eq!((r.status, r.error_code()), (400, "model_not_priced".to_owned()));
+    // o3-pro is not priced as o3: 100 output tokens fit the cap at o3's price, not at o3-pro's.
+    let r = chat(&host, &user, json!({"message": "hi", "model": "o3", "max_tokens": 100, "stream": false})).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = chat(&host, &user, json!({"message": "hi", "model": "o3-pro", "max_tokens": 100, "stream": false})).await?;
+    assert_eq!((r.status, r.error_code()), (429, "budget_exceeded".to_owned()));
+    assert_eq!(fake.received().len(), 1, "refused calls reach no provider");
+
+    // Images count at their token cost, whatever their bytes: a token cap that fits the text
+    // alone refuses the same request with two images.
+    let tokens = start(&db, &[("openai", &fake)], &[("SPIN_VARIABLE_BUDGET_DAILY_TOKENS", "3000")]).await?;
+    let other = db.user().await?;
+    let text = json!({"role": "user", "content": [{"type": "text", "text": "what is this?"}]});
+    let r =
+        chat(&tokens, &other, json!({"messages": [text], "model": "gpt-4o-mini", "max_tokens": 10, "stream": false}))
+            .await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let images = json!({"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]});
+    let r =
+        chat(&tokens, &other, json!({"messages": [images], "model": "gpt-4o-mini", "max_tokens": 10, "stream": false}))
+            .await?;
+    assert_eq!((r.status, r.error_code()), (429, "budget_exceeded".to_owned()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn stale_pending_rows_and_holds_are_swept() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let user = db.user().await?;
+    let admin = db.admin().await?;
+    // What a host that died mid-stream leaves: a pending assistant row and a budget hold.
+    let conversation: uuid::Uuid =
+        admin.query_one("insert into conversations (user_id) values ($1) returning id", &[&user.id]).await?.get(0);
+    admin
+        .execute(
+            "insert into messages (conversation_id, user_id, role, status, created_at) \
+             values ($1, $2, 'assistant', 'pending', now() - interval '2 hours')",
+            &[&conversation, &user.id],
+        )
+        .await?;
+    admin
+        .batch_execute(&format!(
+            "insert into chatedge.budget_days (user_id, day, tokens_reserved, usd_reserved) values ('{0}', (now() at time zone 'utc')::date, 500, 0.5);
+             insert into chatedge.budget_holds (user_id, day, tokens, usd, created_at) values ('{0}', (now() at time zone 'utc')::date, 500, 0.5, now() - interval '2 hours');",
+            user.id
+        ))
+        .await?;
+    // The host runs the sweep on its timer (every second here).
+    let _host = Host::start(&db, &[("CHATEDGE_MAINTENANCE_SECS", "1")]).await?;
+    let mut swept = (String::new(), -1i64);
+    for _ in 0..600 {
+        let status: String =
+            admin.query_one("select status from messages where conversation_id = $1", &[&conversation]).await?.get(0);
+        let reserved: i64 = admin
+            .query_one("select tokens_reserved from chatedge.budget_days where user_id = $1", &[&user.id])
+            .await?
+            .get(0);
+        swept = (status, reserved);
+        if swept == ("incomplete".to_owned(), 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(swept, ("incomplete".to_owned(), 0));
+    let holds: i64 = admin.query_one("select count(*) from chatedge.budget_holds", &[]).await?.get(0);
+    assert_eq!(holds, 0);
+    // Callable as plain SQL too (what a Spin deployment schedules).
+    let summary: String = admin.query_one("select chatedge.maintain(360000)::text", &[]).await?.get(0);
+    assert!(summary.contains("stale_messages"), "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spoofed_forwarded_for_does_not_move_an_anonymous_bucket() -> anyhow::Result<()> {
+    let fake = FakeProvider::start(
+        Vec::new(),
+        Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 1, 1))),
+    )
+    .await?;
+    let db = TestDb::start().await?;
+    let host = start(
+        &db,
+        &[("openai", &fake)],
+        &[("SPIN_VARIABLE_RATELIMIT_CHAT_ANONYMOUS", "2/min:2"), ("SPIN_VARIABLE_RATELIMIT_TRUSTED_PROXIES", "1")],
+    )
+    .await?;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        // A new anonymous sign-in each time, and a made-up first hop: only the hop the one
+        // trusted proxy appended (the last) counts.
+        let anonymous = db.user().await?;
+        let token = chatedge_tests::token_with(json!({
+            "sub": anonymous.id.to_string(), "role": "authenticated", "aud": "authenticated",
+            "is_anonymous": true, "exp": chrono_now() + 600,
+        }));
+        let r = host
+            .send(
+                "POST",
+                CHAT,
+                Some(&token),
+                Some(serde_json::to_vec(&json!({"message": "hi", "stream": false}))?),
+                &[("x-forwarded-for", &format!("10.9.{i}.{i}, 203.0.113.7"))],
+            )
+            .await?;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    Ok(())
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

@@ -219,26 +219,57 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
     assert!(up, "sandbox serve did not start");
     let body = r#"{"language":"javascript","code":"console.log(7 * 6)"}"#;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-    let signed = |ts: i64, key: &str| {
+    let sign_for = |body: &str, ts: i64, key: &str, nonce: &str| {
         vec![
             (shared::signing::TIMESTAMP_HEADER, ts.to_string()),
-            (shared::signing::SIGNATURE_HEADER, shared::signing::sign(key.as_bytes(), ts, body.as_bytes())),
+            (shared::signing::NONCE_HEADER, nonce.to_owned()),
+            (shared::signing::SIGNATURE_HEADER, shared::signing::sign(key.as_bytes(), ts, nonce, body.as_bytes())),
         ]
     };
-    let (status, ok) = post(body, signed(now, secret)).await?;
+    let fresh = || uuid::Uuid::new_v4().simple().to_string();
+    let signed = |ts: i64, key: &str| sign_for(body, ts, key, &fresh());
+    let first = signed(now, secret);
+    let (status, ok) = post(body, first.clone()).await?;
     assert_eq!((status, ok["stdout"].clone()), (200, json!("42\n")));
+    // The same signed request again is a replay, even inside the freshness window.
+    let (status, replayed) = post(body, first).await?;
+    assert_eq!((status, replayed["error"]["message"].clone()), (401, json!("signature was already used")));
     for headers in [vec![], signed(now - 3600, secret), signed(now, "wrong")] {
         let (status, refused) = post(body, headers).await?;
         assert_eq!((status, refused["error"]["code"].clone()), (401, json!("unauthorized")));
     }
+    // A head that cannot be signed gets its answer without the body ever being sent: a 64 MB
+    // declared length and no bytes behind it.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
+        stream.write_all(b"POST /v1/execute HTTP/1.1\r\nhost: x\r\ncontent-length: 67108864\r\n\r\n").await?;
+        let mut head = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut head)).await??;
+        assert!(
+            String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 401"),
+            "{}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        // Signed, but longer than any valid request: 413 before reading it.
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
+        let big = sign_for(body, now, secret, &fresh());
+        let mut request = "POST /v1/execute HTTP/1.1\r\nhost: x\r\ncontent-length: 67108864\r\n".to_owned();
+        for (k, v) in big {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut head)).await??;
+        assert!(
+            String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&head[..n])
+        );
+    }
     // This instance was started without Python: a 503 naming the language, not a hang.
     let python_body = r#"{"language":"python","code":"print(1)"}"#;
-    let ts = now;
-    let headers = vec![
-        (shared::signing::TIMESTAMP_HEADER, ts.to_string()),
-        (shared::signing::SIGNATURE_HEADER, shared::signing::sign(secret.as_bytes(), ts, python_body.as_bytes())),
-    ];
-    let (status, python) = post(python_body, headers).await?;
+    let (status, python) = post(python_body, sign_for(python_body, now, secret, &fresh())).await?;
     assert_eq!((status, python["error"]["code"].clone()), (503, json!("language_unavailable")));
 
     let db = TestDb::start().await?;
@@ -254,6 +285,12 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
     .await?;
     let reply = run(&forged, &user, json!({"language": "javascript", "code": "console.log(1)"})).await?;
     assert_eq!((reply.status, reply.error_code()), (500, "internal_error".to_owned()));
+    // What went wrong is for the operator: the log has it under the request id the client got;
+    // the client gets nothing internal.
+    let request_id = reply.json()["error"]["request_id"].as_str().expect("a request id").to_owned();
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(!body.contains("sandbox_secret") && !body.contains("signature"), "{body}");
+    assert!(forged.log().lines().any(|l| l.contains(&request_id) && l.contains("sandbox_secret")), "{}", forged.log());
     child.kill().await?;
     let down = Host::start(
         &db,
@@ -269,5 +306,99 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
     assert!(reply.header("retry-after").is_some());
     assert_eq!(down.get("/functions/v1/health", &user.token).await?.status, 200);
     assert_eq!(rows(&db, &user).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_link_in_place_of_out_returns_no_host_file() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let user = db.user().await?;
+    // The attack from the review: /out replaced by a relative link to /proc/self, and files in
+    // /out that are links to host files.
+    let code = "import os\nos.rmdir('/out')\nos.symlink('../' * 30 + 'proc/self', '/out')\nprint('swapped')";
+    let swapped = run(&host, &user, json!({"language": "python", "code": code})).await?;
+    assert_eq!(swapped.status, 200);
+    assert_eq!(swapped.json()["stdout"], "swapped\n", "{}", String::from_utf8_lossy(&swapped.body));
+    assert_eq!(swapped.json()["artifacts"], json!([]));
+    let links = "import os\nfor n in ['environ', 'cmdline', 'maps']:\n    os.symlink('../' * 30 + 'proc/self/' + n, '/out/' + n)\nos.symlink('../' * 30 + 'etc/passwd', '/out/passwd')\nopen('/out/real.txt', 'w').write('mine')";
+    let linked = run(&host, &user, json!({"language": "python", "code": links})).await?;
+    let artifacts = linked.json()["artifacts"].clone();
+    let names: Vec<&str> = artifacts.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, ["real.txt"], "only the regular file comes back");
+    let body = String::from_utf8_lossy(&linked.body).into_owned();
+    assert!(!body.contains("SPIN_VARIABLE") && !body.contains("SANDBOX_SECRET"));
+    let ok = run(&host, &user, json!({"language": "python", "code": "print('still here')"})).await?;
+    assert_eq!(ok.json()["stdout"], "still here\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deep_typescript_is_refused_and_the_host_keeps_serving() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let user = db.user().await?;
+    // ~10 KB that used to overflow the native parser's stack and abort the whole host.
+    let deep = format!("let a = {}1{};", "[".repeat(5_000), "]".repeat(5_000));
+    let r = run(&host, &user, json!({"language": "typescript", "code": deep})).await?;
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("compile_error")));
+    // Past the nesting pre-check (unary operators nest too): whatever the parser does, it does
+    // inside the guest, which ends cleanly.
+    let unary = format!("let b = {}1;", "- ".repeat(100_000));
+    let r = run(&host, &user, json!({"language": "typescript", "code": unary})).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(matches!(
+        r.json()["status"].as_str(),
+        Some("compile_error" | "stack_overflow" | "ok" | "error" | "crashed")
+    ));
+    let ok =
+        run(&host, &user, json!({"language": "typescript", "code": "const n: number = 6 * 7; console.log(n)"})).await?;
+    assert_eq!(ok.json()["stdout"], "42\n");
+    assert_eq!(host.send("GET", "/functions/v1/health", None, None, &[]).await?.status, 200);
+    Ok(())
+}
+
+/// The pid `chatedge up` logged for its sandbox child most recently.
+fn child_pid(host: &Host) -> Option<u32> {
+    host.log().lines().rev().find_map(|l| {
+        let rest = l.split("sandbox child started").nth(1)?;
+        rest.split("pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn the_sandbox_is_a_supervised_child_without_the_hosts_secrets() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = Host::start(
+        &db,
+        &[
+            ("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000"),
+            ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-host-secret-do-not-leak"),
+        ],
+    )
+    .await?;
+    let user = db.user().await?;
+    let first = run(&host, &user, json!({"language": "javascript", "code": "console.log(1)"})).await?;
+    assert_eq!(first.json()["stdout"], "1\n");
+    let pid = child_pid(&host).expect("the host logs its sandbox child");
+    assert_ne!(Some(pid), host.pid(), "the sandbox is not the host process");
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("SPIN_VARIABLE_"), "the child sees the host's variables: {environ}");
+    assert!(!environ.contains("sk-host-secret"));
+    assert!(environ.contains("SANDBOX_SECRET="), "it does get what it needs");
+    // Killed outright, it is started again and executions go on.
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    let mut after = None;
+    for _ in 0..600 {
+        let r = run(&host, &user, json!({"language": "javascript", "code": "console.log(2)"})).await?;
+        if r.status == 200 {
+            after = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after.expect("the sandbox came back").json()["stdout"], "2\n");
+    assert_ne!(child_pid(&host), Some(pid), "a new child serves");
     Ok(())
 }

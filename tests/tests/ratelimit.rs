@@ -81,7 +81,7 @@ async fn the_database_function_agrees_with_the_pure_algorithm() -> anyhow::Resul
 
 use chatedge_tests::fake_llm::{self, FakeProvider};
 use chatedge_tests::{Host, Reply, JWT_SECRET};
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn chat_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
     vec![
@@ -219,7 +219,15 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
         (Some(20), Some(60), Some(5))
     );
     assert_eq!(chat["remaining"], 5);
-    assert_eq!(host.get("/functions/v1/rate-limit", &user.token).await?.json()["limits"], json!(limits));
+    // Looking consumes nothing but the look itself, which counts against `api`.
+    let again = host.get("/functions/v1/rate-limit", &user.token).await?.json()["limits"].clone();
+    let without_api = |l: &Value| -> Vec<Value> {
+        l.as_array().into_iter().flatten().filter(|p| p["policy"] != "api").cloned().collect()
+    };
+    assert_eq!(without_api(&again), without_api(&json!(limits)));
+    let api =
+        |l: &Value| l.as_array().and_then(|a| a.iter().find(|p| p["policy"] == "api")).map(|p| p["remaining"].clone());
+    assert_ne!(api(&again), api(&json!(limits)), "a look is one api call");
 
     // POST needs the service role; bad bodies are 400.
     let r = host.json("POST", "/functions/v1/rate-limit", &user.token, json!({"key": "k", "limit": "1/min"})).await?;
@@ -366,5 +374,22 @@ async fn concurrent_chats_never_spend_past_the_daily_budget() -> anyhow::Result<
         (429, "budget_exceeded".to_owned()),
         "4096 default output tokens cannot fit"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn looking_at_limits_is_itself_limited() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_API", "3/min:3")]).await?;
+    let user = db.user().await?;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = host.get("/functions/v1/rate-limit", &user.token).await?;
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_eq!(r.json()["error"]["policy"], "api");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
     Ok(())
 }

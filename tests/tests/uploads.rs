@@ -345,3 +345,130 @@ async fn a_failure_after_the_object_is_stored_leaves_neither_object_nor_row() ->
     assert_eq!(v["data"][0]["original_name"], "fine.txt");
     Ok(())
 }
+
+#[tokio::test]
+async fn storage_keys_are_never_taken_on_trust_from_a_row() -> anyhow::Result<()> {
+    let s = stack(&[]).await?;
+    let (me, victim) = (s.db.user().await?, s.db.user().await?);
+    let theirs = post_raw(&s.host, &victim, "secret.txt", "text/plain", b"victim's data").await?;
+    assert_eq!(theirs.status, 201);
+    let their_key = theirs.json()["files"][0]["storage_key"].as_str().unwrap().to_owned();
+    let mine = post_raw(&s.host, &me, "mine.txt", "text/plain", b"my data").await?;
+    let mine = mine.json()["files"][0].clone();
+    let my_id: uuid::Uuid = mine["id"].as_str().unwrap().parse()?;
+    // Through PostgREST a user cannot point their own row at someone else's object, nor say
+    // what a file is: those columns are the function's.
+    let as_me = s.db.as_user(&me).await?;
+    for column in ["storage_key", "user_id", "size_bytes", "sha256", "mime_type"] {
+        let value = match column {
+            "storage_key" => format!("'{}/../{}'", me.id, their_key),
+            "user_id" => format!("'{}'", victim.id),
+            "size_bytes" => "1".to_owned(),
+            "sha256" => format!("'{}'", "0".repeat(64)),
+            _ => "'image/png'".to_owned(),
+        };
+        let refused =
+            as_me.execute(&format!("update public.file_uploads set {column} = {value} where id = $1"), &[&my_id]).await;
+        assert!(refused.is_err(), "users may not write file_uploads.{column}");
+    }
+    let inserted = as_me
+        .execute(
+            "insert into public.file_uploads (user_id, original_name, storage_key, mime_type, size_bytes, sha256) \
+             values ($1, 'x', $2, 'text/plain', 1, $3)",
+            &[&me.id, &their_key, &"0".repeat(64)],
+        )
+        .await;
+    assert!(inserted.is_err(), "users may not insert file_uploads rows");
+    // A row that got a crafted key anyway (written before this rule, or by an operator's
+    // mistake) is not presigned or deleted: the function sees no such file.
+    // (The last is well formed but under the victim's prefix; their exact key is unique.)
+    let in_their_prefix = format!("{}/{}/secret.txt", victim.id, uuid::Uuid::new_v4());
+    for crafted in [format!("{}/../{}", me.id, their_key), format!("../uploads/{their_key}"), in_their_prefix] {
+        s.db.admin()
+            .await?
+            .execute("update file_uploads set storage_key = $2 where id = $1", &[&my_id, &crafted])
+            .await?;
+        let got = s.host.get(&format!("{UPLOAD}/{my_id}"), &me.token).await?;
+        assert_eq!(got.status, 404, "{crafted}: {}", String::from_utf8_lossy(&got.body));
+        let deleted = s.host.send("DELETE", &format!("{UPLOAD}/{my_id}"), Some(&me.token), None, &[]).await?;
+        assert_eq!(deleted.status, 404, "{crafted}");
+    }
+    assert!(s.root.join("uploads").join(&their_key).exists(), "the victim's object is untouched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn policies_check_every_row_a_user_points_at() -> anyhow::Result<()> {
+    let db = TestDb::start().await?;
+    let (me, other) = (db.user().await?, db.user().await?);
+    let admin = db.admin().await?;
+    let mine: uuid::Uuid =
+        admin.query_one("insert into conversations (user_id) values ($1) returning id", &[&me.id]).await?.get(0);
+    let theirs: uuid::Uuid =
+        admin.query_one("insert into conversations (user_id) values ($1) returning id", &[&other.id]).await?.get(0);
+    let message: uuid::Uuid = admin
+        .query_one(
+            "insert into messages (conversation_id, user_id, role, content) values ($1, $2, 'user', 'hi') returning id",
+            &[&mine, &me.id],
+        )
+        .await?
+        .get(0);
+    let execution: uuid::Uuid = admin
+        .query_one("insert into code_executions (user_id, language, code, status) values ($1, 'python', 'print(1)', 'ok') returning id", &[&me.id])
+        .await?
+        .get(0);
+    let as_me = db.as_user(&me).await?;
+    // A message cannot move into someone else's conversation.
+    assert!(as_me
+        .execute("update messages set conversation_id = $2 where id = $1", &[&message, &theirs])
+        .await
+        .is_err());
+    // Nor can an upload, an execution or a visualization name it.
+    assert!(as_me
+        .execute("insert into code_executions (user_id, conversation_id, language, code, status) values ($1, $2, 'python', 'x', 'ok')", &[&me.id, &theirs])
+        .await
+        .is_err());
+    assert!(as_me
+        .execute(
+            "insert into visualizations (user_id, conversation_id, kind, spec) values ($1, $2, 'chart', '{}')",
+            &[&me.id, &theirs]
+        )
+        .await
+        .is_err());
+    let their_message: uuid::Uuid = admin
+        .query_one(
+            "insert into messages (conversation_id, user_id, role, content) values ($1, $2, 'user', 'x') returning id",
+            &[&theirs, &other.id],
+        )
+        .await?
+        .get(0);
+    assert!(as_me
+        .execute("insert into visualizations (user_id, conversation_id, message_id, kind, spec) values ($1, $2, $3, 'chart', '{}')", &[&me.id, &mine, &their_message])
+        .await
+        .is_err());
+    // The audit trail is insert-only for its owner.
+    assert!(as_me.execute("update code_executions set status = 'error' where id = $1", &[&execution]).await.is_err());
+    let deleted = as_me.execute("delete from code_executions where id = $1", &[&execution]).await;
+    assert!(deleted.is_err() || deleted.is_ok_and(|n| n == 0), "deleting an execution must not work");
+    let still: i64 = admin.query_one("select count(*) from code_executions where id = $1", &[&execution]).await?.get(0);
+    assert_eq!(still, 1);
+    // Within bounds, owners still can: edit their message, file an execution in their own
+    // conversation.
+    assert_eq!(as_me.execute("update messages set content = 'edited' where id = $1", &[&message]).await?, 1);
+    assert_eq!(
+        as_me
+            .execute("insert into code_executions (user_id, conversation_id, language, code, status) values ($1, $2, 'python', 'x', 'ok')", &[&me.id, &mine])
+            .await?,
+        1
+    );
+    // Sizes are bounded.
+    let huge = "x".repeat(5 << 20);
+    assert!(as_me
+        .execute(
+            "insert into messages (conversation_id, user_id, role, content) values ($1, $2, 'user', $3)",
+            &[&mine, &me.id, &huge]
+        )
+        .await
+        .is_err());
+    Ok(())
+}

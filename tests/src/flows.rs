@@ -1,0 +1,276 @@
+//! End-to-end checks of every route, written once and run on both runtimes: the bundled host
+//! (`chatedge up`) and the real Spin (`spin up`), each against a real Postgres, the S3 protocol
+//! server, the sandbox service and the fake providers. What a function gets wrong only on one
+//! of them (a parameter of the wrong type, a query that returns no rows) shows up here.
+
+use crate::fake_llm::{self, FakeProvider};
+use crate::{Host, TestDb};
+use anyhow::{ensure, Context, Result};
+use serde_json::json;
+
+const CONVERSATIONS: &str = "/functions/v1/conversations";
+const CHAT: &str = "/functions/v1/chat-completion";
+
+/// The variables that point OpenAI at `fake` and give the tests room under the limits.
+pub fn chat_env(fake: &FakeProvider) -> Vec<(String, String)> {
+    vec![
+        ("SPIN_VARIABLE_OPENAI_BASE_URL".into(), format!("{}/v1", fake.origin)),
+        ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST".into(), fake.origin.clone()),
+        ("SPIN_VARIABLE_OPENAI_API_KEY".into(), "sk-test-openai".into()),
+        ("SPIN_VARIABLE_RATELIMIT_CHAT".into(), "1000/min:1000".into()),
+        ("SPIN_VARIABLE_RATELIMIT_CODE".into(), "1000/min:1000".into()),
+        ("SPIN_VARIABLE_RATELIMIT_UPLOAD".into(), "1000/min:1000".into()),
+        ("SPIN_VARIABLE_PROVIDER_RETRY_BASE_MS".into(), "20".into()),
+    ]
+}
+
+/// Borrowed pairs for `Host::start*`.
+pub fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Conversations: create, get, rename, archive, list with pagination and filters, messages, and
+/// every miss (missing, foreign, malformed) a prompt 404 with nothing left in a transaction.
+pub async fn conversations(host: &Host, db: &TestDb) -> Result<()> {
+    let (me, other) = (db.user().await?, db.user().await?);
+    // Empty lists are `[]`.
+    let empty = host.get(CONVERSATIONS, &me.token).await?;
+    ensure!(empty.status == 200, "empty list: {} {}", empty.status, String::from_utf8_lossy(&empty.body));
+    ensure!(empty.json()["data"] == json!([]) && empty.json()["has_more"] == json!(false), "{}", empty.json());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = host
+            .json(
+                "POST",
+                CONVERSATIONS,
+                &me.token,
+                json!({"title": format!("c{i}"), "temperature": 0.5, "max_tokens": 64}),
+            )
+            .await?;
+        ensure!(r.status == 201, "create: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        ids.push(r.json()["id"].as_str().context("id")?.to_owned());
+    }
+    // Keyset pages of two, newest first, to the end.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{CONVERSATIONS}?limit=2&cursor={c}"),
+            None => format!("{CONVERSATIONS}?limit=2"),
+        };
+        let page = host.get(&path, &me.token).await?.json();
+        for c in page["data"].as_array().context("data")? {
+            seen.push(c["id"].as_str().context("id")?.to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    ensure!(seen == newest_first, "pages {seen:?} != {newest_first:?}");
+    let first = &ids[0];
+    let got = host.get(&format!("{CONVERSATIONS}/{first}"), &me.token).await?;
+    ensure!(got.status == 200 && got.json()["title"] == "c0", "get: {}", got.json());
+    let renamed = host
+        .json("PATCH", &format!("{CONVERSATIONS}/{first}"), &me.token, json!({"title": "renamed", "archived": true}))
+        .await?;
+    ensure!(renamed.status == 200 && renamed.json()["archived"] == json!(true), "patch: {}", renamed.json());
+    let archived = host.get(&format!("{CONVERSATIONS}?archived=true"), &me.token).await?.json();
+    ensure!(archived["data"].as_array().map(Vec::len) == Some(1), "archived: {archived}");
+    // Messages of a conversation without any: `[]`.
+    let messages = host.get(&format!("{CONVERSATIONS}/{first}/messages"), &me.token).await?;
+    ensure!(messages.status == 200 && messages.json()["data"] == json!([]), "messages: {}", messages.json());
+    // Misses: another user's, a missing one, a malformed id: 404 each, promptly.
+    let missing = uuid::Uuid::new_v4().to_string();
+    for (token, id) in [(&other.token, first.as_str()), (&me.token, missing.as_str()), (&me.token, "not-a-uuid")] {
+        for (method, path) in [
+            ("GET", format!("{CONVERSATIONS}/{id}")),
+            ("GET", format!("{CONVERSATIONS}/{id}/messages")),
+            ("DELETE", format!("{CONVERSATIONS}/{id}")),
+        ] {
+            let r = host.send(method, &path, Some(token), None, &[]).await?;
+            ensure!(r.status == 404, "{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+        let r = host.json("PATCH", &format!("{CONVERSATIONS}/{id}"), token, json!({"title": "x"})).await?;
+        ensure!(r.status == 404, "PATCH {id}: {}", r.status);
+    }
+    let deleted = host.send("DELETE", &format!("{CONVERSATIONS}/{first}"), Some(&me.token), None, &[]).await?;
+    ensure!(deleted.status == 204, "delete: {}", deleted.status);
+    ensure!(idle_in_transaction(db).await? == 0, "a connection was left idle in transaction");
+    Ok(())
+}
+
+/// Connections of the functions' role left inside a transaction.
+pub async fn idle_in_transaction(db: &TestDb) -> Result<i64> {
+    Ok(db
+        .admin()
+        .await?
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'authenticator' and state like 'idle in transaction%'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Chat: native streaming and not, continuing a conversation, the OpenAI surface; every
+/// exchange ends with its assistant row settled (never `pending`) and one usage row per call.
+pub async fn chat(host: &Host, db: &TestDb, fake: &FakeProvider) -> Result<()> {
+    let user = db.user().await?;
+    let stream = host.json("POST", CHAT, &user.token, json!({"message": "hello"})).await?;
+    ensure!(stream.status == 200, "stream: {} {}", stream.status, String::from_utf8_lossy(&stream.body));
+    let chunks = crate::sse_json(&stream.body);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    ensure!(text == "Hello there", "streamed {text:?}");
+    let conversation =
+        chunks.last().and_then(|c| c["chatedge"]["conversation_id"].as_str()).context("conversation id")?.to_owned();
+    let whole = host
+        .json("POST", CHAT, &user.token, json!({"message": "again", "conversation_id": conversation, "stream": false}))
+        .await?;
+    ensure!(whole.status == 200, "whole: {} {}", whole.status, String::from_utf8_lossy(&whole.body));
+    ensure!(whole.json()["choices"][0]["message"]["content"] == "Hello there", "{}", whole.json());
+    // The second call carried the first exchange as context.
+    let sent = fake.received();
+    let context = &sent.last().context("a request")?.body["messages"];
+    ensure!(context.as_array().map(Vec::len) == Some(3), "context {context}");
+    let openai = host
+        .json(
+            "POST",
+            "/v1/chat/completions",
+            &user.token,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await?;
+    ensure!(openai.status == 200 && openai.json()["object"] == "chat.completion", "{}", openai.json());
+    let models = host.get("/v1/models", &user.token).await?;
+    ensure!(models.status == 200 && models.json()["object"] == "list", "{}", models.json());
+    let admin = db.admin().await?;
+    let statuses: Vec<String> = admin
+        .query("select status from messages where user_id = $1 and role = 'assistant' order by created_at", &[&user.id])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(statuses == ["complete", "complete"], "assistant rows {statuses:?}");
+    let usage: i64 = admin.query_one("select count(*) from api_usage where user_id = $1", &[&user.id]).await?.get(0);
+    ensure!(usage == 3, "{usage} usage rows for 3 calls");
+    let cost: Option<String> =
+        admin.query_one("select max(cost_usd)::text from api_usage where user_id = $1", &[&user.id]).await?.get(0);
+    ensure!(cost.as_deref().is_some_and(|c| c != "0.00000000"), "priced usage: {cost:?}");
+    ensure!(idle_in_transaction(db).await? == 0, "a connection was left idle in transaction");
+    Ok(())
+}
+
+/// A fake that answers every call with the same short stream or completion.
+pub async fn fake_provider() -> Result<FakeProvider> {
+    let stream = fake_llm::openai_stream("gpt-4o-mini", &["Hello", " there"], 9, 2);
+    let completion = fake_llm::openai_completion("gpt-4o-mini", "Hello there", 9, 2);
+    FakeProvider::start_by_kind(stream, completion).await
+}
+
+/// Limits: the caller's state (one statement), and a 429 with its headers once spent.
+pub async fn limits(host: &Host, db: &TestDb) -> Result<()> {
+    let user = db.user().await?;
+    let r = host.get("/functions/v1/rate-limit", &user.token).await?;
+    ensure!(r.status == 200, "rate-limit: {} {}", r.status, String::from_utf8_lossy(&r.body));
+    ensure!(r.json()["limits"].as_array().is_some_and(|l| l.len() == 6), "{}", r.json());
+    ensure!(r.header("ratelimit-policy").is_some(), "limit headers");
+    Ok(())
+}
+
+/// Uploads: raw and multipart, listed, downloaded through the presigned URL, deleted; another
+/// user's file is a 404.
+pub async fn uploads(host: &Host, db: &TestDb) -> Result<()> {
+    let (me, other) = (db.user().await?, db.user().await?);
+    let empty = host.get("/functions/v1/file-upload", &me.token).await?;
+    ensure!(
+        empty.status == 200 && empty.json()["data"] == json!([]),
+        "empty: {} {}",
+        empty.status,
+        String::from_utf8_lossy(&empty.body)
+    );
+    let raw = host
+        .send(
+            "POST",
+            "/functions/v1/file-upload",
+            Some(&me.token),
+            Some(b"a,b\n1,2\n".to_vec()),
+            &[("content-type", "text/csv"), ("x-file-name", "data.csv")],
+        )
+        .await?;
+    ensure!(raw.status == 201, "raw: {} {}", raw.status, String::from_utf8_lossy(&raw.body));
+    let id = raw.json()["files"][0]["id"].as_str().context("id")?.to_owned();
+    let boundary = "chatedgeboundary";
+    let body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"note.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n");
+    let multipart = host
+        .send(
+            "POST",
+            "/functions/v1/file-upload",
+            Some(&me.token),
+            Some(body.into_bytes()),
+            &[("content-type", &format!("multipart/form-data; boundary={boundary}"))],
+        )
+        .await?;
+    ensure!(multipart.status == 201, "multipart: {} {}", multipart.status, String::from_utf8_lossy(&multipart.body));
+    let list = host.get("/functions/v1/file-upload", &me.token).await?.json();
+    ensure!(list["data"].as_array().map(Vec::len) == Some(2), "list {list}");
+    let one = host.get(&format!("/functions/v1/file-upload/{id}"), &me.token).await?;
+    ensure!(one.status == 200, "get: {}", one.status);
+    let url = one.json()["download_url"].as_str().context("download url")?.to_owned();
+    let (status, bytes) = crate::fetch(&url).await?;
+    ensure!(status == 200 && bytes == b"a,b\n1,2\n", "download {status}");
+    let foreign = host.get(&format!("/functions/v1/file-upload/{id}"), &other.token).await?;
+    ensure!(foreign.status == 404, "foreign: {}", foreign.status);
+    let missing = host.get(&format!("/functions/v1/file-upload/{}", uuid::Uuid::new_v4()), &me.token).await?;
+    ensure!(missing.status == 404, "missing: {}", missing.status);
+    let deleted = host.send("DELETE", &format!("/functions/v1/file-upload/{id}"), Some(&me.token), None, &[]).await?;
+    ensure!(deleted.status == 204, "delete: {}", deleted.status);
+    ensure!(idle_in_transaction(db).await? == 0, "a connection was left idle in transaction");
+    Ok(())
+}
+
+/// Code execution in each language, recorded through RLS; a missing conversation is a 404.
+pub async fn code(host: &Host, db: &TestDb) -> Result<()> {
+    let user = db.user().await?;
+    for (language, code, stdout) in [
+        ("python", "import numpy as np\nprint(int(np.arange(4).sum()))", "6\n"),
+        ("javascript", "console.log([1, 2].map(x => x * 2).join(','))", "2,4\n"),
+        ("typescript", "const n: number = 7; console.log(n * 6)", "42\n"),
+    ] {
+        let r = host
+            .json("POST", "/functions/v1/code-execution", &user.token, json!({"language": language, "code": code}))
+            .await?;
+        ensure!(r.status == 200, "{language}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        ensure!(r.json()["stdout"] == stdout, "{language}: {}", r.json());
+    }
+    let foreign = host
+        .json(
+            "POST",
+            "/functions/v1/code-execution",
+            &user.token,
+            json!({"language": "python", "code": "print(1)", "conversation_id": uuid::Uuid::new_v4()}),
+        )
+        .await?;
+    ensure!(foreign.status == 404, "foreign conversation: {}", foreign.status);
+    let rows: i64 = db
+        .admin()
+        .await?
+        .query_one("select count(*) from code_executions where user_id = $1", &[&user.id])
+        .await?
+        .get(0);
+    ensure!(rows == 3, "{rows} executions recorded");
+    Ok(())
+}
+
+/// Every flow against one running runtime.
+pub async fn all(host: &Host, db: &TestDb, fake: &FakeProvider) -> Result<()> {
+    conversations(host, db).await.context("conversations")?;
+    chat(host, db, fake).await.context("chat")?;
+    limits(host, db).await.context("limits")?;
+    uploads(host, db).await.context("uploads")?;
+    code(host, db).await.context("code")?;
+    let health = host.send("GET", "/functions/v1/health", None, None, &[]).await?;
+    ensure!(health.status == 200 && health.json() == json!({"status": "ok"}), "health");
+    Ok(())
+}
