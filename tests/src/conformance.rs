@@ -18,7 +18,7 @@ pub fn suite_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CHATEDGE_CONFORMANCE_DIR") {
         return Ok(dir.into());
     }
-    for candidate in [crate::repo_root().join("../../shared/conformance"), PathBuf::from("/work/shared/conformance")] {
+    for candidate in [crate::repo_root().join("../shared/conformance"), PathBuf::from("/work/shared/conformance")] {
         if candidate.join("tests").is_dir() {
             return Ok(candidate);
         }

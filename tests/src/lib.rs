@@ -249,7 +249,7 @@ pub fn spin_bin() -> Result<Option<PathBuf>> {
             return Ok(Some(found));
         }
     }
-    let kit = repo_root().join("../../shared/bin/spin");
+    let kit = repo_root().join("../shared/bin/spin");
     if kit.is_file() {
         return Ok(Some(kit));
     }

@@ -1,7 +1,7 @@
 //! Spin's conformance suite against the bundled host: every test passes, except the ones whose
 //! interface chatedge deliberately does not provide (outbound MQTT), which must be refused at
 //! start with a message naming the interface. With `CHATEDGE_CONFORMANCE_SPIN=1` (and a Spin
-//! binary) the same suite runs on Spin too, side by side (`./dev conformance`).
+//! binary) the same suite runs on Spin too, side by side, and the table shows both columns.
 
 use chatedge_tests::conformance::{self, Outcome, Runtime};
 
