@@ -585,7 +585,7 @@ pub fn token_with(claims: Value) -> String {
 
 /// The `data:` payloads of an SSE body, in order (`[DONE]` included as text).
 pub fn sse_data(body: &[u8]) -> Vec<String> {
-    let mut parser = shared::sse::Parser::new();
+    let mut parser = chat_completion::sse::Parser::new();
     parser.feed(body).map(|events| events.into_iter().map(|e| e.data).collect()).unwrap_or_default()
 }
 

@@ -8,14 +8,14 @@
 //! again if the rows cannot be written.
 
 use crate::multipart::{hex, read_multipart, validate, Received};
+use crate::storage::StorageConfig;
+use crate::upload;
 use serde_json::{json, Value};
 use sha2::Digest;
 use shared::outbound::{self, Timeouts};
 use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
 use shared::spin::{cursor_params, require_user, required_variable, variable, Incoming, Responder, RlsTransaction};
-use shared::storage::StorageConfig;
-use shared::upload;
 use shared::ApiError;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;

@@ -2,10 +2,10 @@
 //! and validating each file (name, type by content, key). The component (`component.rs`, wasm
 //! only) does the I/O.
 
+use crate::upload;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use sha2::Digest;
-use shared::upload;
 use shared::ApiError;
 
 /// Most files in one request.

@@ -1,7 +1,7 @@
 //! Upload validation in pure form: the content's real type from its magic bytes against an
 //! allow-list, safe storage names, storage keys.
 
-use crate::ApiError;
+use shared::ApiError;
 
 /// Largest file accepted unless `upload_max_bytes` says otherwise.
 pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
@@ -140,9 +140,9 @@ pub fn checked_key<'k>(key: &'k str, user_id: &str, file_id: &str) -> Option<&'k
     let (owner, id, name) = (parts.next()?, parts.next()?, parts.next()?);
     let shaped = parts.next().is_none()
         && owner == user_id
-        && crate::is_uuid(owner)
+        && shared::is_uuid(owner)
         && id == file_id
-        && crate::is_uuid(id)
+        && shared::is_uuid(id)
         && (1..=100).contains(&name.len())
         && !name.starts_with('.')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))

@@ -123,9 +123,9 @@ impl PriceTable {
 
     /// `Ok` when `model` has a price; with a USD budget on, a model without one is a 400
     /// `model_not_priced` (its cost could not be bounded, so it could spend without limit).
-    pub fn require(&self, model: &str) -> Result<Price, crate::ApiError> {
+    pub fn require(&self, model: &str) -> Result<Price, shared::ApiError> {
         self.price(model).ok_or_else(|| {
-            crate::ApiError::bad_request(
+            shared::ApiError::bad_request(
                 "model_not_priced",
                 format!("'{model}' has no price and a spend budget is on; set its price in model_prices"),
             )

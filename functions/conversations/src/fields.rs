@@ -1,7 +1,7 @@
 //! Validation of conversation create / update bodies.
 
-use crate::error::ApiError;
 use serde::Deserialize;
+use shared::ApiError;
 
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;

@@ -2,10 +2,11 @@
 //! before the provider is called (one transaction, as the caller under RLS), then the assistant
 //! message and the `api_usage` rows after (one transaction; usage as `service_role`).
 
+use crate::context::{title_from, StoredMessage};
+use crate::providers::{Provider, Usage};
+use crate::request::ChatRequest;
 use serde_json::{json, Value};
 use shared::auth::Principal;
-use shared::chat::{self, ChatRequest, StoredMessage};
-use shared::providers::{Provider, Usage};
 use shared::spin::RlsTransaction;
 use shared::ApiError;
 use spin_sdk::pg4::ParameterValue;
@@ -112,7 +113,7 @@ pub fn open_exchange(
                  values (auth.uid(), $1, $2, $3, $4, $5, $6) \
                  returning json_build_object('id', id, 'system_prompt', system_prompt, 'history', '[]'::json)::text",
                 &[
-                    ParameterValue::Str(chat::title_from(&request.user_text)),
+                    ParameterValue::Str(title_from(&request.user_text)),
                     ParameterValue::Str(provider.name().to_owned()),
                     ParameterValue::Str(model.to_owned()),
                     request.temperature.map(ParameterValue::Floating64).unwrap_or(ParameterValue::DbNull),

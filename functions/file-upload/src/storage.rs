@@ -2,8 +2,8 @@
 //! MinIO, the bundled dev server): SigV4 presigned URLs from `rusty-s3`, so a request is one
 //! plain HTTP call with no SDK.
 
-use crate::ApiError;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use shared::ApiError;
 use std::time::Duration;
 
 /// Where objects go.

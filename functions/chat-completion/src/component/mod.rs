@@ -1,0 +1,275 @@
+//! `POST /functions/v1/chat-completion`, `POST /v1/chat/completions`, `GET /v1/models`.
+//!
+//! parse -> authenticate -> choose provider -> persist the user message (and a pending assistant
+//! row) -> call the provider with timeouts, retries and fallbacks -> stream OpenAI-format chunks
+//! -> persist the assistant message and one `api_usage` row per provider call. This module is
+//! the I/O around the crate's pure steps (`request`, `plan`, `context`, `providers`, `failure`,
+//! `accounting`, `pricing`): `attempts` (the retry and fallback loop), `whole` and `stream`
+//! (the two reply shapes), `call` (bookkeeping and settlement) and `store` (the rows).
+
+mod attempts;
+mod call;
+mod store;
+mod stream;
+mod whole;
+
+use crate::plan::{self, ProviderConfig, Resilience};
+use crate::pricing::PriceTable;
+use crate::providers::{self, Provider, Usage};
+use crate::request::{self, ChatRequest, Dialect};
+use attempts::{connect, upstream_for, Upstream};
+use call::{Call, Outcome};
+use serde_json::{json, Value};
+use shared::budget;
+use shared::limiter;
+use shared::outbound;
+use shared::ratelimit::Subject;
+use shared::spin::{require_user, variable, Incoming, Responder};
+use shared::ApiError;
+use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
+use spin_sdk::http_component;
+
+/// Largest upstream error body read for its message.
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest non-streaming upstream body read.
+pub(crate) const MAX_COMPLETION_BODY: usize = 16 << 20;
+
+#[http_component]
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let header =
+        |name: &str| req.headers().get(name).into_iter().next().map(|v| String::from_utf8_lossy(&v).into_owned());
+    let origin = header("origin");
+    let matched = header("spin-matched-route").unwrap_or_default();
+    let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
+    let byo_key = header("x-provider-api-key");
+    let client_ip = shared::ratelimit::client_ip(
+        header("spin-client-addr").as_deref(),
+        header("x-forwarded-for").as_deref(),
+        shared::ratelimit::trusted_proxies(
+            var("ratelimit_trusted_proxies").as_deref(),
+            var("ratelimit_trust_forwarded_for").as_deref(),
+        ),
+    );
+    let method = req.method();
+    let incoming = Incoming::from_head(&req);
+    let mut responder = Responder::new(out, origin);
+    responder.request_id = incoming.request_id.clone();
+    if method == Method::Options {
+        responder.send(204, &[], Vec::new()).await;
+        return;
+    }
+    let openai_route = matched.starts_with("/v1");
+    let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
+        (true, "/models", Method::Get) => list_models(&incoming).await.map(|v| Some((200, v))),
+        (true, "/chat/completions", Method::Post) => {
+            chat_route(req, incoming, Dialect::OpenAi, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
+        }
+        (false, "" | "/", Method::Post) => {
+            chat_route(req, incoming, Dialect::Native, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
+        }
+        (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        (true, "/chat/completions", _) | (false, "" | "/", _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
+        _ => Err(ApiError::not_found("route")),
+    };
+    match result {
+        Ok(Some((status, body))) => responder.json(status, &body, &[]).await,
+        Ok(None) => {}
+        Err(e) => responder.error(&e).await,
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    variable(name)
+}
+
+async fn list_models(incoming: &Incoming) -> Result<Value, ApiError> {
+    require_user(incoming)?;
+    let mut data: Vec<Value> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for &provider in providers::REGISTRY {
+        // Unconfigured providers (no key, or no base URL where there is no official one) list nothing.
+        let Ok(config) = plan::provider_config(provider, &var, None) else { continue };
+        let mut ids: Vec<String> = crate::pricing::DEFAULT_PRICES
+            .iter()
+            .map(|(m, _)| (*m).to_owned())
+            .filter(|m| Provider::owning(m) == Some(provider))
+            .collect();
+        if !config.default_model.is_empty() {
+            ids.insert(0, config.default_model.clone());
+        }
+        for id in ids {
+            if seen.insert(id.clone()) {
+                data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": provider.name()}));
+            }
+        }
+    }
+    Ok(json!({"object": "list", "data": data}))
+}
+
+/// One provider to try, with the model it is asked for.
+pub(crate) struct Target {
+    pub(crate) config: ProviderConfig,
+    pub(crate) model: String,
+}
+
+fn targets(req: &ChatRequest, byo_key: Option<&str>) -> Result<Vec<Target>, ApiError> {
+    let primary = plan::choose_provider(req, &var)?;
+    let config = plan::provider_config(primary, &var, byo_key)?;
+    let model = req.model.clone().unwrap_or_else(|| config.default_model.clone());
+    if model.is_empty() {
+        return Err(ApiError::bad_request(
+            "model_required",
+            format!("name a model, or set '{}_default_model'", primary.api().variable_prefix()),
+        ));
+    }
+    let mut out = vec![Target { config, model }];
+    // A caller's own key pays for their provider only: no fallback onto ours.
+    if byo_key.is_none() {
+        for p in plan::fallback_providers(primary, &var) {
+            if let Ok(config) = plan::provider_config(p, &var, None) {
+                if !config.default_model.is_empty() {
+                    let model = config.default_model.clone();
+                    out.push(Target { config, model });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub(crate) fn ms_since(start_ns: u64) -> i64 {
+    (outbound::now_ns().saturating_sub(start_ns) / 1_000_000) as i64
+}
+
+async fn chat_route(
+    req: IncomingRequest,
+    mut incoming: Incoming,
+    dialect: Dialect,
+    byo_key: Option<&str>,
+    client_ip: Option<&str>,
+    responder: &mut Responder,
+) -> Result<Option<(u16, Value)>, ApiError> {
+    let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(request::DEFAULT_MAX_BODY_BYTES);
+    // Who is calling first, from the head alone; only then the body, capped.
+    let (user_id, principal) = require_user(&incoming)?;
+    incoming.body = shared::spin::read_body(req, incoming.content_length, max_body).await?;
+    let mut request = match dialect {
+        Dialect::Native => request::parse_native(&incoming.body, max_body)?,
+        Dialect::OpenAi => request::parse_openai(&incoming.body, max_body)?,
+    };
+    // The caller's policy, before any work: anonymous sign-ins by address (they can mint new
+    // sessions at will), everyone else by user. A caller paying with their own key is also
+    // held to that key's bucket; the key adds a limit, never replaces the caller's (a fresh
+    // random key per request must not buy a fresh bucket).
+    let (policy, subject) = match (principal.is_anonymous, client_ip) {
+        (true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
+        (true, None) => ("chat_anonymous", Subject::user(&user_id)),
+        (false, _) => ("chat", Subject::user(&user_id)),
+    };
+    if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
+        responder.extra = verdict.headers();
+    }
+    if let Some(key) = byo_key.filter(|k| !k.trim().is_empty()) {
+        if let Some(verdict) = limiter::enforce("chat_byok", &Subject::provider_key(key), 1)? {
+            if responder.extra.is_empty() {
+                responder.extra = verdict.headers();
+            }
+        }
+    }
+    // With a spend budget every call needs an output cap, so that its cost has an upper bound.
+    let caps = budget::caps()?;
+    if caps.is_some() && request.max_tokens.is_none() {
+        let default = var("budget_default_max_tokens").and_then(|v| v.parse().ok()).unwrap_or(4096);
+        request.max_tokens = Some(default);
+    }
+    let mut targets = targets(&request, byo_key)?;
+    let prices = PriceTable::with_overrides(var("model_prices").as_deref())
+        .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;
+    // With a USD cap, a call's cost must be bounded before it is made: an unpriced model is
+    // refused (and an unpriced fallback skipped), never run at an assumed price of zero.
+    if caps.is_some_and(|c| c.usd.is_some()) {
+        prices.require(&targets[0].model)?;
+        targets.retain(|t| prices.price(&t.model).is_some());
+    }
+    let resilience = Resilience::from_variables(&var);
+    let context_len = var("chat_context_messages")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(request::DEFAULT_CONTEXT_MESSAGES)
+        .min(200);
+
+    let (mut open, system_prompt, history) = if request.persist {
+        let first = &targets[0];
+        let (open, sp, h) =
+            store::open_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
+        (Some(open), sp, h)
+    } else {
+        (None, request.system_prompt.clone(), Vec::new())
+    };
+    let messages = crate::context::context_messages(&request, system_prompt.as_deref(), &history);
+    let has_tools = request.passthrough.get("tools").is_some_and(|t| !t.is_null());
+
+    // Reserve the most this call can cost (every request byte a prompt token, plus the output
+    // cap) on the dearest target; settled with the real usage, released on failure. With a
+    // conversation the reservation joins its open transaction (one pooled connection per
+    // request), and counts once that commits.
+    let upstreams: Vec<Upstream> = targets.iter().map(|t| upstream_for(&request, t, &messages)).collect();
+    let mut reserved = None;
+    let mut budget_hold = None;
+    if let Some(caps) = caps {
+        let max_out = request.max_tokens.unwrap_or(0);
+        let (mut tokens, mut usd) = (0u64, 0f64);
+        for (target, upstream) in targets.iter().zip(&upstreams) {
+            let bound = plan::prompt_token_bound(upstream.payload.len(), &messages, has_tools);
+            let usage = Usage { prompt_tokens: bound, completion_tokens: max_out, cached_tokens: 0 };
+            tokens = tokens.max(bound + max_out);
+            usd = usd.max(prices.cost_usd(&target.model, usage));
+        }
+        match open.as_mut() {
+            Some(open) => reserved = Some(open.reserve_budget(&user_id, caps, tokens, usd)?),
+            None => budget_hold = Some(budget::reserve(&user_id, caps, tokens, usd)?),
+        }
+    }
+    let mut call = Call {
+        user_id,
+        principal,
+        budget: budget_hold,
+        persisted: None,
+        prices,
+        started_ns: outbound::now_ns(),
+        deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
+        attempts: Vec::new(),
+        prompt_bound: plan::prompt_token_bound(upstreams[0].payload.len(), &messages, has_tools),
+    };
+
+    // The first attempt starts now and the commit of the user's message overlaps it; nothing
+    // the provider says is read, let alone forwarded, before that message is durable. If the
+    // commit fails the started request is dropped, which closes it.
+    let first = &upstreams[0];
+    let first_attempt =
+        (outbound::now_ns(), outbound::start(&first.url, &first.headers, &first.payload, call.timeouts(&resilience)));
+    if let Some(open) = open {
+        let first = &targets[0];
+        call.persisted = Some(open.store_messages(&request, first.config.provider, &first.model)?);
+        call.budget = reserved.map(budget::Reserved::committed);
+    }
+
+    let connected = connect(&mut call, &targets, &upstreams, &resilience, Some(first_attempt)).await;
+    let (target, response) = match connected {
+        Ok(v) => v,
+        Err((provider, failure)) => {
+            let error = failure.to_api_error(provider);
+            call.finish(Outcome::failed(provider, &targets[0].model, &error.message));
+            return Err(call.label_error(error));
+        }
+    };
+    if request.stream {
+        stream::stream_reply(&mut call, target, response, responder).await;
+        Ok(None)
+    } else {
+        whole::whole_reply(&mut call, target, response).await.map(Some)
+    }
+}
