@@ -1,0 +1,242 @@
+//! The code-execution request and what the sandbox answers, in pure form: the function's
+//! settings (read once, defaults here), the body parsed and checked against them, and the
+//! sandbox's errors mapped onto this function's envelope.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::ApiError;
+
+/// Largest program accepted when `code_max_bytes` is unset (the sandbox's own default).
+pub const DEFAULT_MAX_CODE_BYTES: usize = 1 << 20;
+/// Largest stdin accepted when `code_max_stdin_bytes` is unset.
+pub const DEFAULT_MAX_STDIN_BYTES: usize = 1 << 20;
+/// Longest deadline a caller may ask for when `code_max_timeout_ms` is unset.
+pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// The function's limits, from its variables (`var` answers `None` for unset or empty; a value
+/// that does not parse keeps the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `code_max_bytes`.
+    pub max_code_bytes: usize,
+    /// `code_max_stdin_bytes`.
+    pub max_stdin_bytes: usize,
+    /// `code_max_timeout_ms`.
+    pub max_timeout_ms: u64,
+}
+
+impl Limits {
+    /// The variables these limits are read from.
+    pub const VARIABLES: &'static [&'static str] = &["code_max_bytes", "code_max_stdin_bytes", "code_max_timeout_ms"];
+
+    /// Reads the limits.
+    pub fn from_variables(var: impl Fn(&str) -> Option<String>) -> Self {
+        fn parsed<T: std::str::FromStr>(value: Option<String>, default: T) -> T {
+            value.and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+        }
+        Limits {
+            max_code_bytes: parsed(var("code_max_bytes"), DEFAULT_MAX_CODE_BYTES),
+            max_stdin_bytes: parsed(var("code_max_stdin_bytes"), DEFAULT_MAX_STDIN_BYTES),
+            max_timeout_ms: parsed(var("code_max_timeout_ms"), DEFAULT_MAX_TIMEOUT_MS),
+        }
+    }
+
+    /// The largest body worth reading: code and stdin at their caps, JSON escaping growing text
+    /// up to six times, plus room for the other fields.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_code_bytes.saturating_add(self.max_stdin_bytes).saturating_mul(6).saturating_add(4096)
+    }
+}
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// What runs it.
+    pub language: Language,
+    /// The program.
+    pub code: String,
+    /// Its standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Its deadline, within [`Limits::max_timeout_ms`].
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The caller's conversation it belongs to.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+}
+
+/// The languages the sandbox runs.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython with numpy, pandas and matplotlib.
+    Python,
+    /// boa.
+    Javascript,
+    /// Types stripped by oxc, then boa.
+    Typescript,
+}
+
+impl Language {
+    /// The name in rows and answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Typescript => "typescript",
+        }
+    }
+}
+
+/// What the sandbox sends back (the fields this function reads; the rest pass through).
+#[derive(Debug, Deserialize)]
+pub struct Outcome {
+    /// `ok`, `error`, `timeout`, ...
+    pub status: String,
+    /// The program's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Bytes written to stdout (before truncation).
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr (before truncation).
+    pub stderr_bytes: u64,
+    /// Wall time.
+    pub duration_ms: f64,
+}
+
+/// Parses and checks a body against `limits`: a 400 naming the field, or a 413 past a size cap.
+pub fn parse(body: &[u8], limits: &Limits) -> Result<ExecuteRequest, ApiError> {
+    let request: ExecuteRequest = serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
+        ApiError::bad_request(code, format!("request body: {e}"))
+    })?;
+    validate(&request, limits)?;
+    Ok(request)
+}
+
+fn validate(request: &ExecuteRequest, limits: &Limits) -> Result<(), ApiError> {
+    let (max_code, max_stdin, max_timeout) = (limits.max_code_bytes, limits.max_stdin_bytes, limits.max_timeout_ms);
+    if request.code.trim().is_empty() {
+        return Err(ApiError::bad_request("validation_failed", "code must not be empty").with_detail("field", "code"));
+    }
+    if request.code.len() > max_code {
+        return Err(ApiError::new(413, "payload_too_large", format!("code exceeds {max_code} bytes"))
+            .with_detail("field", "code")
+            .with_detail("limit_bytes", max_code));
+    }
+    if request.stdin.as_deref().map_or(0, str::len) > max_stdin {
+        return Err(ApiError::new(413, "payload_too_large", format!("stdin exceeds {max_stdin} bytes"))
+            .with_detail("field", "stdin")
+            .with_detail("limit_bytes", max_stdin));
+    }
+    if let Some(t) = request.timeout_ms {
+        if t == 0 || t > max_timeout {
+            return Err(ApiError::bad_request(
+                "validation_failed",
+                format!("timeout_ms must be between 1 and {max_timeout}"),
+            )
+            .with_detail("field", "timeout_ms"));
+        }
+    }
+    if let Some(c) = &request.conversation_id {
+        if !shared::is_uuid(c) {
+            return Err(ApiError::bad_request("validation_failed", "conversation_id must be a UUID")
+                .with_detail("field", "conversation_id"));
+        }
+    }
+    Ok(())
+}
+
+/// The 503 a caller gets when the sandbox cannot be reached or answers nonsense.
+pub fn sandbox_unavailable(why: &str) -> ApiError {
+    ApiError::unavailable("sandbox_unavailable", format!("the code sandbox is unavailable ({why}); retry shortly"))
+        .with_header("retry-after", "1")
+}
+
+/// The sandbox's own 4xx / 503 envelope as this function's (its closed set of codes only).
+pub fn passthrough(status: u16, value: &Value) -> ApiError {
+    let error = &value["error"];
+    let message = error["message"].as_str().unwrap_or("the sandbox refused the execution").to_owned();
+    let code = match error["code"].as_str() {
+        Some("payload_too_large") => "payload_too_large",
+        Some("sandbox_busy") => "sandbox_busy",
+        Some("language_unavailable") => "language_unavailable",
+        _ if status == 503 => "sandbox_unavailable",
+        _ => "validation_failed",
+    };
+    let mut e = ApiError::new(status, code, message);
+    if status == 503 {
+        e = e.with_header("retry-after", "1");
+    }
+    e
+}
+
+/// A byte count as the `int4` column holds it.
+pub fn clamp(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits::from_variables(|_| None)
+    }
+
+    #[test]
+    fn limits_default_here_and_bad_values_keep_the_default() {
+        assert_eq!(
+            limits(),
+            Limits {
+                max_code_bytes: DEFAULT_MAX_CODE_BYTES,
+                max_stdin_bytes: DEFAULT_MAX_STDIN_BYTES,
+                max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS
+            }
+        );
+        let set = Limits::from_variables(|name| match name {
+            "code_max_bytes" => Some(" 100 ".into()),
+            "code_max_timeout_ms" => Some("soon".into()),
+            _ => None,
+        });
+        assert_eq!((set.max_code_bytes, set.max_timeout_ms), (100, DEFAULT_MAX_TIMEOUT_MS));
+        assert_eq!(set.max_body_bytes(), (100 + DEFAULT_MAX_STDIN_BYTES) * 6 + 4096);
+    }
+
+    #[test]
+    fn bodies_are_checked_field_by_field() {
+        let ok = parse(br#"{"language":"python","code":"print(1)","timeout_ms":500}"#, &limits()).unwrap();
+        assert_eq!((ok.language, ok.timeout_ms), (Language::Python, Some(500)));
+        let cases: &[(&[u8], u16, &str)] = &[
+            (b"{", 400, "invalid_json"),
+            (br#"{"language":"cobol","code":"x"}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","extra":1}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"  "}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","timeout_ms":0}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","timeout_ms":60001}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","conversation_id":"nope"}"#, 400, "validation_failed"),
+        ];
+        for (body, status, code) in cases {
+            let e = parse(body, &limits()).unwrap_err();
+            assert_eq!((e.status, e.code), (*status, *code), "{}", String::from_utf8_lossy(body));
+        }
+        let small = Limits { max_code_bytes: 4, max_stdin_bytes: 2, ..limits() };
+        let e = parse(br#"{"language":"python","code":"print(1)"}"#, &small).unwrap_err();
+        assert_eq!((e.status, e.code), (413, "payload_too_large"));
+        let e = parse(br#"{"language":"python","code":"1","stdin":"abc"}"#, &small).unwrap_err();
+        assert_eq!((e.status, e.code), (413, "payload_too_large"));
+    }
+
+    #[test]
+    fn the_sandboxs_errors_keep_only_known_codes() {
+        let busy = passthrough(503, &json!({"error": {"code": "sandbox_busy", "message": "busy"}}));
+        assert_eq!((busy.status, busy.code), (503, "sandbox_busy"));
+        let odd = passthrough(503, &json!({"error": {"code": "something_internal"}}));
+        assert_eq!(odd.code, "sandbox_unavailable");
+        let bad = passthrough(400, &json!({}));
+        assert_eq!((bad.code, bad.message.as_str()), ("validation_failed", "the sandbox refused the execution"));
+        assert_eq!(clamp(u64::MAX), i32::MAX);
+    }
+}
