@@ -5,8 +5,8 @@
 //! the native and OpenAI bodies), `plan` (provider, settings, fallbacks, timeouts, the budget
 //! bound), `context` (what is sent upstream and stored), `providers` (one file per provider
 //! behind one trait), `sse` (the event-stream codec), `retry` (backoff), `failure` (upstream
-//! failures as the error envelope), `accounting` (what a call is charged) and `pricing` (what
-//! that costs). `component` is the Spin component that does the I/O around them (wasm32 only).
+//! failures as the error envelope), `accounting` (what a call is charged), `pricing` (what
+//! that costs) and `settings` (every variable, read once). `component` is the Spin component that does the I/O around them (wasm32 only).
 
 pub mod accounting;
 pub mod context;
@@ -16,7 +16,17 @@ pub mod pricing;
 pub mod providers;
 pub mod request;
 pub mod retry;
+pub mod settings;
 pub mod sse;
+
+/// Every variable the component reads (its settings, auth, database, the chat policies and the
+/// budget): exactly what spin.toml's `[component.chat-completion.variables]` must map.
+pub fn variables() -> Vec<String> {
+    let mut names = shared::variables::signed_in(&["chat", "chat_anonymous", "chat_byok"]);
+    names.extend(shared::variables::BUDGET.iter().map(|s| (*s).to_owned()));
+    names.extend(settings::Settings::variables());
+    names
+}
 
 #[cfg(target_arch = "wasm32")]
 mod component;

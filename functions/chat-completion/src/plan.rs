@@ -5,6 +5,7 @@
 use crate::providers::Provider;
 use crate::request::ChatRequest;
 use crate::retry::RetryPolicy;
+use crate::settings::Settings;
 use serde_json::Value;
 use shared::ApiError;
 use std::time::Duration;
@@ -48,20 +49,21 @@ pub struct ProviderConfig {
     pub default_model: String,
 }
 
-/// Resolves a provider's settings from variables (`var` returns `None` for unset or empty).
-/// A key is required when the base URL is the provider's official one; a base URL pointing
+/// Resolves a provider's settings. A key is required when the base URL is the provider's official one; a base URL pointing
 /// elsewhere (Ollama, vLLM, a proxy) may be keyless. `byo_key` (the `x-provider-api-key`
 /// header) replaces the configured key.
 pub fn provider_config(
     provider: Provider,
-    var: &dyn Fn(&str) -> Option<String>,
+    settings: &Settings,
     byo_key: Option<&str>,
 ) -> Result<ProviderConfig, ApiError> {
     let prefix = provider.api().variable_prefix();
+    let variables = settings.provider(provider);
+    let set_base_url = variables.and_then(|v| v.base_url.clone());
     let base_url_variable = format!("{prefix}_base_url");
     // A provider without an official URL (an OpenAI-compatible server) is not configured until
     // its base URL is set: never a guessed local address.
-    if provider.api().official_base_url().is_none() && var(&base_url_variable).is_none() {
+    if provider.api().official_base_url().is_none() && set_base_url.is_none() {
         return Err(ApiError::unavailable(
             "provider_not_configured",
             format!(
@@ -75,11 +77,11 @@ pub fn provider_config(
         .with_detail("variable", base_url_variable));
     }
     let official_url = provider.api().official_base_url();
-    let base_url = var(&base_url_variable).unwrap_or_else(|| official_url.unwrap_or_default().to_owned());
+    let base_url = set_base_url.unwrap_or_else(|| official_url.unwrap_or_default().to_owned());
     let official = official_url.is_some_and(|url| base_url.trim_end_matches('/') == url);
     let api_key = match byo_key.map(str::trim).filter(|k| !k.is_empty()) {
         Some(k) => k.to_owned(),
-        None => match var(&format!("{prefix}_api_key")) {
+        None => match variables.and_then(|v| v.api_key.clone()) {
             Some(k) => k,
             None if official => {
                 let variable = format!("{prefix}_api_key");
@@ -99,31 +101,29 @@ pub fn provider_config(
         },
     };
     let default_model =
-        var(&format!("{prefix}_default_model")).unwrap_or_else(|| provider.api().default_model().to_owned());
+        variables.and_then(|v| v.default_model.clone()).unwrap_or_else(|| provider.api().default_model().to_owned());
     Ok(ProviderConfig { provider, base_url, api_key, default_model })
 }
 
 /// Picks the provider: asked for, implied by the model, else `default_provider`.
-pub fn choose_provider(req: &ChatRequest, var: &dyn Fn(&str) -> Option<String>) -> Result<Provider, ApiError> {
+pub fn choose_provider(req: &ChatRequest, settings: &Settings) -> Result<Provider, ApiError> {
     if let Some(p) = req.provider {
         return Ok(p);
     }
     if let Some(p) = req.model.as_deref().and_then(Provider::owning) {
         return Ok(p);
     }
-    let name = var("default_provider").unwrap_or_else(|| "openai".to_owned());
+    let name = &settings.default_provider;
     Provider::parse(name.trim())
         .ok_or_else(|| ApiError::internal(format!("server misconfigured: default_provider '{name}' is unknown")))
 }
 
-/// The fallback providers (`fallback_providers`, comma separated), without `primary`.
-pub fn fallback_providers(primary: Provider, var: &dyn Fn(&str) -> Option<String>) -> Vec<Provider> {
+/// The fallback providers (`fallback_providers`), without `primary` or repeats.
+pub fn fallback_providers(primary: Provider, settings: &Settings) -> Vec<Provider> {
     let mut out = Vec::new();
-    for name in var("fallback_providers").unwrap_or_default().split(',') {
-        if let Some(p) = Provider::parse(name.trim()) {
-            if p != primary && !out.contains(&p) {
-                out.push(p);
-            }
+    for &p in &settings.fallback_providers {
+        if p != primary && !out.contains(&p) {
+            out.push(p);
         }
     }
     out
@@ -149,7 +149,7 @@ impl Resilience {
     /// `provider_first_byte_timeout_ms` (60 s), `provider_idle_timeout_ms` (60 s),
     /// `provider_total_timeout_ms` (300 s), `provider_max_attempts` (3), `provider_retry_base_ms`
     /// (250).
-    pub fn from_variables(var: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_variables(var: &dyn Fn(&str) -> Option<String>) -> Self {
         let ms = |name: &str, default: u64| {
             Duration::from_millis(var(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default))
         };
@@ -183,41 +183,52 @@ mod tests {
         move |k: &str| map.get(k).cloned()
     }
 
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::from_variables(vars(pairs))
+    }
+
     #[test]
     fn missing_key_names_the_variable() {
-        let e = provider_config(Provider::OPENAI, &vars(&[]), None).unwrap_err();
+        let e = provider_config(Provider::OPENAI, &settings(&[]), None).unwrap_err();
         assert_eq!((e.status, e.code), (503, "provider_not_configured"));
         assert!(e.message.contains("openai_api_key") && e.message.contains("SPIN_VARIABLE_OPENAI_API_KEY"));
-        let e = provider_config(Provider::ANTHROPIC, &vars(&[]), None).unwrap_err();
+        let e = provider_config(Provider::ANTHROPIC, &settings(&[]), None).unwrap_err();
         assert!(e.message.contains("anthropic_api_key"));
     }
 
     #[test]
     fn a_custom_base_url_needs_no_key_and_byo_key_wins() {
-        let c = provider_config(Provider::OPENAI, &vars(&[("openai_base_url", "http://127.0.0.1:11434/v1")]), None)
+        let c = provider_config(Provider::OPENAI, &settings(&[("openai_base_url", "http://127.0.0.1:11434/v1")]), None)
             .unwrap();
         assert_eq!(c.api_key, "");
-        let c = provider_config(Provider::OPENAI, &vars(&[("openai_api_key", "sk-server")]), Some("sk-user")).unwrap();
+        let c =
+            provider_config(Provider::OPENAI, &settings(&[("openai_api_key", "sk-server")]), Some("sk-user")).unwrap();
         assert_eq!(c.api_key, "sk-user");
         assert_eq!(c.default_model, "gpt-4o-mini");
         // An OpenAI-compatible server with no URL is not configured: 503, no guessed address.
-        let e = provider_config(Provider::COMPATIBLE, &vars(&[]), None).unwrap_err();
+        let e = provider_config(Provider::COMPATIBLE, &settings(&[]), None).unwrap_err();
         assert_eq!((e.status, e.code), (503, "provider_not_configured"));
-        let c =
-            provider_config(Provider::COMPATIBLE, &vars(&[("compatible_base_url", "http://10.0.0.2:8000/v1")]), None)
-                .unwrap();
+        let c = provider_config(
+            Provider::COMPATIBLE,
+            &settings(&[("compatible_base_url", "http://10.0.0.2:8000/v1")]),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.base_url, "http://10.0.0.2:8000/v1");
     }
 
     #[test]
     fn provider_choice_order() {
         let r = parse_native(br#"{"message":"a","model":"claude-haiku-4-5"}"#, 1 << 20).unwrap();
-        assert_eq!(choose_provider(&r, &vars(&[("default_provider", "mistral")])).unwrap(), Provider::ANTHROPIC);
+        assert_eq!(choose_provider(&r, &settings(&[("default_provider", "mistral")])).unwrap(), Provider::ANTHROPIC);
         let r = parse_native(br#"{"message":"a"}"#, 1 << 20).unwrap();
-        assert_eq!(choose_provider(&r, &vars(&[("default_provider", "mistral")])).unwrap(), Provider::MISTRAL);
-        assert_eq!(choose_provider(&r, &vars(&[])).unwrap(), Provider::OPENAI);
+        assert_eq!(choose_provider(&r, &settings(&[("default_provider", "mistral")])).unwrap(), Provider::MISTRAL);
+        assert_eq!(choose_provider(&r, &settings(&[])).unwrap(), Provider::OPENAI);
         assert_eq!(
-            fallback_providers(Provider::OPENAI, &vars(&[("fallback_providers", "openai, anthropic,bogus,mistral")])),
+            fallback_providers(
+                Provider::OPENAI,
+                &settings(&[("fallback_providers", "openai, anthropic,bogus,mistral")])
+            ),
             vec![Provider::ANTHROPIC, Provider::MISTRAL]
         );
     }

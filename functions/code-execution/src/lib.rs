@@ -5,5 +5,14 @@
 
 pub mod execution;
 
+/// Every variable the component reads (auth, database, the `code` policy, the sandbox, the
+/// limits): exactly what spin.toml's `[component.code-execution.variables]` must map.
+pub fn variables() -> Vec<String> {
+    let mut names = shared::variables::signed_in(&["code"]);
+    names.extend(["sandbox_url", "sandbox_secret"].map(str::to_owned));
+    names.extend(execution::Limits::VARIABLES.iter().map(|s| (*s).to_owned()));
+    names
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -4,5 +4,11 @@
 
 pub mod fields;
 
+/// Every variable the component reads (auth, database, the `api` policy): exactly what
+/// spin.toml's `[component.conversations.variables]` must map.
+pub fn variables() -> Vec<String> {
+    shared::variables::signed_in(&["api"])
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component;

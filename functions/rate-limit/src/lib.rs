@@ -5,5 +5,14 @@
 
 pub mod policies;
 
+/// Every variable the component reads (auth, database, every policy it shows, the budget):
+/// exactly what spin.toml's `[component.rate-limit.variables]` must map.
+pub fn variables() -> Vec<String> {
+    let policies: Vec<&str> = shared::ratelimit::DEFAULT_POLICIES.iter().map(|(name, _)| *name).collect();
+    let mut names = shared::variables::signed_in(&policies);
+    names.extend(shared::variables::BUDGET.iter().map(|s| (*s).to_owned()));
+    names
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component;

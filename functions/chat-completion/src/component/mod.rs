@@ -13,10 +13,11 @@ mod store;
 mod stream;
 mod whole;
 
-use crate::plan::{self, ProviderConfig, Resilience};
+use crate::plan::{self, ProviderConfig};
 use crate::pricing::PriceTable;
 use crate::providers::{self, Provider, Usage};
 use crate::request::{self, ChatRequest, Dialect};
+use crate::settings::Settings;
 use attempts::{connect, upstream_for, Upstream};
 use call::{Call, Outcome};
 use serde_json::{json, Value};
@@ -42,12 +43,14 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let matched = header("spin-matched-route").unwrap_or_default();
     let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
     let byo_key = header("x-provider-api-key");
+    // Every variable this component reads, read once.
+    let settings = Settings::from_variables(variable);
     let client_ip = shared::ratelimit::client_ip(
         header("spin-client-addr").as_deref(),
         header("x-forwarded-for").as_deref(),
         shared::ratelimit::trusted_proxies(
-            var("ratelimit_trusted_proxies").as_deref(),
-            var("ratelimit_trust_forwarded_for").as_deref(),
+            settings.trusted_proxies.as_deref(),
+            settings.trust_forwarded_for.as_deref(),
         ),
     );
     let method = req.method();
@@ -60,12 +63,30 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
     let openai_route = matched.starts_with("/v1");
     let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
-        (true, "/models", Method::Get) => list_models(&incoming).await.map(|v| Some((200, v))),
+        (true, "/models", Method::Get) => list_models(&incoming, &settings).await.map(|v| Some((200, v))),
         (true, "/chat/completions", Method::Post) => {
-            chat_route(req, incoming, Dialect::OpenAi, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
+            chat_route(
+                req,
+                incoming,
+                &settings,
+                Dialect::OpenAi,
+                byo_key.as_deref(),
+                client_ip.as_deref(),
+                &mut responder,
+            )
+            .await
         }
         (false, "" | "/", Method::Post) => {
-            chat_route(req, incoming, Dialect::Native, byo_key.as_deref(), client_ip.as_deref(), &mut responder).await
+            chat_route(
+                req,
+                incoming,
+                &settings,
+                Dialect::Native,
+                byo_key.as_deref(),
+                client_ip.as_deref(),
+                &mut responder,
+            )
+            .await
         }
         (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
         (true, "/chat/completions", _) | (false, "" | "/", _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
@@ -78,17 +99,13 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     }
 }
 
-fn var(name: &str) -> Option<String> {
-    variable(name)
-}
-
-async fn list_models(incoming: &Incoming) -> Result<Value, ApiError> {
+async fn list_models(incoming: &Incoming, settings: &Settings) -> Result<Value, ApiError> {
     require_user(incoming)?;
     let mut data: Vec<Value> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for &provider in providers::REGISTRY {
         // Unconfigured providers (no key, or no base URL where there is no official one) list nothing.
-        let Ok(config) = plan::provider_config(provider, &var, None) else { continue };
+        let Ok(config) = plan::provider_config(provider, settings, None) else { continue };
         let mut ids: Vec<String> = crate::pricing::DEFAULT_PRICES
             .iter()
             .map(|(m, _)| (*m).to_owned())
@@ -112,9 +129,9 @@ pub(crate) struct Target {
     pub(crate) model: String,
 }
 
-fn targets(req: &ChatRequest, byo_key: Option<&str>) -> Result<Vec<Target>, ApiError> {
-    let primary = plan::choose_provider(req, &var)?;
-    let config = plan::provider_config(primary, &var, byo_key)?;
+fn targets(req: &ChatRequest, settings: &Settings, byo_key: Option<&str>) -> Result<Vec<Target>, ApiError> {
+    let primary = plan::choose_provider(req, settings)?;
+    let config = plan::provider_config(primary, settings, byo_key)?;
     let model = req.model.clone().unwrap_or_else(|| config.default_model.clone());
     if model.is_empty() {
         return Err(ApiError::bad_request(
@@ -125,8 +142,8 @@ fn targets(req: &ChatRequest, byo_key: Option<&str>) -> Result<Vec<Target>, ApiE
     let mut out = vec![Target { config, model }];
     // A caller's own key pays for their provider only: no fallback onto ours.
     if byo_key.is_none() {
-        for p in plan::fallback_providers(primary, &var) {
-            if let Ok(config) = plan::provider_config(p, &var, None) {
+        for p in plan::fallback_providers(primary, settings) {
+            if let Ok(config) = plan::provider_config(p, settings, None) {
                 if !config.default_model.is_empty() {
                     let model = config.default_model.clone();
                     out.push(Target { config, model });
@@ -148,12 +165,13 @@ pub(crate) fn ms_since(start_ns: u64) -> i64 {
 async fn chat_route(
     req: IncomingRequest,
     mut incoming: Incoming,
+    settings: &Settings,
     dialect: Dialect,
     byo_key: Option<&str>,
     client_ip: Option<&str>,
     responder: &mut Responder,
 ) -> Result<Option<(u16, Value)>, ApiError> {
-    let max_body = var("chat_max_body_bytes").and_then(|v| v.parse().ok()).unwrap_or(request::DEFAULT_MAX_BODY_BYTES);
+    let max_body = settings.max_body_bytes;
     // Who is calling first, from the head alone; only then the body, capped.
     let (user_id, principal) = require_user(&incoming)?;
     incoming.body = shared::spin::read_body(req, incoming.content_length, max_body).await?;
@@ -183,11 +201,10 @@ async fn chat_route(
     // With a spend budget every call needs an output cap, so that its cost has an upper bound.
     let caps = budget::caps()?;
     if caps.is_some() && request.max_tokens.is_none() {
-        let default = var("budget_default_max_tokens").and_then(|v| v.parse().ok()).unwrap_or(4096);
-        request.max_tokens = Some(default);
+        request.max_tokens = Some(settings.budget_default_max_tokens);
     }
-    let mut targets = targets(&request, byo_key)?;
-    let prices = PriceTable::with_overrides(var("model_prices").as_deref())
+    let mut targets = targets(&request, settings, byo_key)?;
+    let prices = PriceTable::with_overrides(settings.model_prices.as_deref())
         .map_err(|e| ApiError::internal(format!("server misconfigured: model_prices is not valid JSON: {e}")))?;
     // With a USD cap, a call's cost must be bounded before it is made: an unpriced model is
     // refused (and an unpriced fallback skipped), never run at an assumed price of zero.
@@ -195,11 +212,8 @@ async fn chat_route(
         prices.require(&targets[0].model)?;
         targets.retain(|t| prices.price(&t.model).is_some());
     }
-    let resilience = Resilience::from_variables(&var);
-    let context_len = var("chat_context_messages")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(request::DEFAULT_CONTEXT_MESSAGES)
-        .min(200);
+    let resilience = settings.resilience;
+    let context_len = settings.context_messages;
 
     let (mut open, system_prompt, history) = if request.persist {
         let first = &targets[0];

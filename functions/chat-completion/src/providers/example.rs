@@ -1,7 +1,8 @@
 //! The exercise of adding a provider, kept as a test: Groq's OpenAI-shaped API in one file. To
 //! ship it, this file would drop its `cfg(test)`, and `REGISTRY` in `mod.rs` would list
 //! `Provider(&example::Groq)`; nothing else changes (settings, routing, fallbacks, `/v1/models`,
-//! accounting and storage all go through the registry and the trait).
+//! accounting and storage all go through the registry and the trait) except spin.toml, which
+//! maps its three variables and allows its host.
 
 use super::openai::{chat_completions_request, pass_through_completion, PassThrough};
 use super::{ProviderApi, StreamDecoder, UpstreamRequest, Usage};
@@ -40,16 +41,18 @@ mod tests {
     use super::super::{upstream_request, Provider};
     use super::*;
     use crate::plan::provider_config;
+    use crate::settings::Settings;
     use serde_json::json;
 
     #[test]
     fn a_provider_in_one_file_is_planned_called_and_decoded_like_the_others() {
         let groq = Provider(&Groq);
-        let vars = |name: &str| (name == "groq_api_key").then(|| "gsk-test".to_owned());
-        let config = provider_config(groq, &vars, None).unwrap();
+        let settings =
+            Settings::for_providers(&[groq], |name: &str| (name == "groq_api_key").then(|| "gsk-test".into()));
+        let config = provider_config(groq, &settings, None).unwrap();
         assert_eq!(config.base_url, "https://api.groq.com/openai/v1");
         assert_eq!(config.default_model, "llama-3.3-70b-versatile");
-        let missing = provider_config(groq, &|_: &str| None, None).unwrap_err();
+        let missing = provider_config(groq, &Settings::for_providers(&[groq], |_| None), None).unwrap_err();
         assert_eq!(missing.code, "provider_not_configured");
         let up = upstream_request(groq, &config.base_url, &config.api_key, &json!({"messages": []}), true);
         assert_eq!(up.url, "https://api.groq.com/openai/v1/chat/completions");
