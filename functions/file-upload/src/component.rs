@@ -8,6 +8,7 @@
 //! again if the rows cannot be written.
 
 use crate::multipart::{hex, read_multipart, validate, Received};
+use crate::settings::Settings;
 use crate::storage::StorageConfig;
 use crate::upload;
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ use sha2::Digest;
 use shared::outbound::{self, Timeouts};
 use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
-use shared::spin::{cursor_params, require_user, required_variable, variable, Incoming, Responder, RlsTransaction};
+use shared::spin::{cursor_params, require_user, variable, Incoming, Responder, RlsTransaction};
 use shared::ApiError;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
@@ -48,12 +49,14 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         file_name: header("x-file-name")
             .map(|n| percent_encoding::percent_decode_str(&n).decode_utf8_lossy().into_owned()),
     };
+    // Every variable this component reads (besides auth, database and limiter), read once.
+    let settings = Settings::from_variables(variable);
     let segments: Vec<String> = incoming.segments().into_iter().map(str::to_owned).collect();
     let result = match (&incoming.method, segments.as_slice()) {
-        (Method::Post, []) => upload(req, &incoming, upload_headers, &mut responder).await,
+        (Method::Post, []) => upload(req, &incoming, &settings, upload_headers, &mut responder).await,
         (Method::Get, []) => list(&incoming, &mut responder),
-        (Method::Get, [id]) => get_one(&incoming, id, &mut responder),
-        (Method::Delete, [id]) => delete(&incoming, id, &mut responder).await,
+        (Method::Get, [id]) => get_one(&incoming, &settings, id, &mut responder),
+        (Method::Delete, [id]) => delete(&incoming, &settings, id, &mut responder).await,
         (_, []) => Err(ApiError::method_not_allowed("GET, POST, OPTIONS")),
         (_, [_]) => Err(ApiError::method_not_allowed("GET, DELETE, OPTIONS")),
         _ => Err(ApiError::not_found("route")),
@@ -69,26 +72,6 @@ struct UploadHeaders {
     content_type: Option<String>,
     content_length: Option<u64>,
     file_name: Option<String>,
-}
-
-fn var(name: &str) -> Option<String> {
-    variable(name)
-}
-
-fn max_bytes() -> usize {
-    var("upload_max_bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(upload::DEFAULT_MAX_BYTES)
-}
-
-fn storage() -> Result<StorageConfig, ApiError> {
-    StorageConfig::new(
-        &required_variable("storage_endpoint")?,
-        var("storage_public_endpoint").as_deref(),
-        &var("storage_bucket").unwrap_or_else(|| "uploads".to_owned()),
-        &var("storage_region").unwrap_or_else(|| "us-east-1".to_owned()),
-        &required_variable("storage_access_key_id")?,
-        &required_variable("storage_secret_access_key")?,
-        var("storage_path_style").is_none_or(|v| v != "false"),
-    )
 }
 
 fn timeouts() -> Timeouts {
@@ -120,11 +103,12 @@ fn admit(
 async fn upload(
     req: IncomingRequest,
     incoming: &Incoming,
+    settings: &Settings,
     headers: UploadHeaders,
     responder: &mut Responder,
 ) -> Result<(u16, Value), ApiError> {
     let (user_id, principal) = admit(incoming, "upload", responder)?;
-    let cap = max_bytes();
+    let cap = settings.max_bytes;
     let content_type = headers.content_type.unwrap_or_default();
     let multipart = content_type.to_ascii_lowercase().starts_with("multipart/form-data");
     let limit = if multipart { cap + MULTIPART_OVERHEAD } else { cap };
@@ -132,7 +116,7 @@ async fn upload(
     if headers.content_length.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(cap));
     }
-    let allowed = upload::allowed_types(var("upload_allowed_types").as_deref());
+    let allowed = upload::allowed_types(settings.allowed_types.as_deref());
     let (files, conversation_id) = if multipart {
         read_multipart(req.into_body_stream(), &content_type, cap, limit, &user_id, &allowed).await?
     } else {
@@ -146,7 +130,7 @@ async fn upload(
         match headers.content_length.filter(|n| *n > 0) {
             // Length known: straight through to storage, never whole in memory.
             Some(len) => {
-                let storage = storage()?;
+                let storage = settings.storage()?;
                 (vec![stream_raw(req, &storage, &user_id, &name, declared, len as usize, &allowed).await?], None)
             }
             // Chunked: buffered up to the cap (S3 wants the length before the body).
@@ -156,7 +140,7 @@ async fn upload(
             }
         }
     };
-    let storage = storage()?;
+    let storage = settings.storage()?;
     store_all(&storage, &files).await?;
     match write_rows(&principal, &user_id, &files, conversation_id.as_deref()) {
         Ok(rows) => Ok((201, json!({"files": rows}))),
@@ -411,7 +395,12 @@ fn list(incoming: &Incoming, responder: &mut Responder) -> Result<(u16, Value), 
     Ok((200, serde_json::from_str(&page).map_err(|_| ApiError::internal("bad page JSON"))?))
 }
 
-fn get_one(incoming: &Incoming, raw_id: &str, responder: &mut Responder) -> Result<(u16, Value), ApiError> {
+fn get_one(
+    incoming: &Incoming,
+    settings: &Settings,
+    raw_id: &str,
+    responder: &mut Responder,
+) -> Result<(u16, Value), ApiError> {
     let (user_id, principal) = admit(incoming, "api", responder)?;
     let id = file_id(raw_id)?;
     let mut tx = RlsTransaction::begin(&principal)?;
@@ -423,15 +412,20 @@ fn get_one(incoming: &Incoming, raw_id: &str, responder: &mut Responder) -> Resu
         .ok_or_else(|| ApiError::not_found("file"))?;
     tx.commit()?;
     let mut v: Value = serde_json::from_str(&row).map_err(|_| ApiError::internal("bad JSON from the database"))?;
-    let ttl = var("upload_url_expiry_secs").and_then(|s| s.parse::<u64>().ok()).unwrap_or(3600).clamp(1, 7 * 86_400);
+    let ttl = settings.url_expiry_secs;
     let key = trusted_key(v["storage_key"].as_str().unwrap_or_default(), &user_id, &raw_id.to_ascii_lowercase())?;
     let name = v["original_name"].as_str().unwrap_or("file").to_owned();
-    v["download_url"] = json!(storage()?.download_url(&key, &name, Duration::from_secs(ttl)));
+    v["download_url"] = json!(settings.storage()?.download_url(&key, &name, Duration::from_secs(ttl)));
     v["expires_in"] = json!(ttl);
     Ok((200, v))
 }
 
-async fn delete(incoming: &Incoming, raw_id: &str, responder: &mut Responder) -> Result<(u16, Value), ApiError> {
+async fn delete(
+    incoming: &Incoming,
+    settings: &Settings,
+    raw_id: &str,
+    responder: &mut Responder,
+) -> Result<(u16, Value), ApiError> {
     let (user_id, principal) = admit(incoming, "api", responder)?;
     let id = file_id(raw_id)?;
     let key = {
@@ -446,7 +440,7 @@ async fn delete(incoming: &Incoming, raw_id: &str, responder: &mut Responder) ->
         }
     };
     // The object first: if storage is down the row stays, so nothing is left unreachable.
-    if !delete_object(&storage()?, &key).await {
+    if !delete_object(&settings.storage()?, &key).await {
         return Err(storage_unavailable("delete failed"));
     }
     let mut tx = RlsTransaction::begin(&principal)?;
