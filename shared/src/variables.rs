@@ -27,3 +27,14 @@ pub fn signed_in(policies: &[&str]) -> Vec<String> {
         .chain(policies.iter().map(|p| policy(p)))
         .collect()
 }
+
+/// Every name `read` asks for (answered as unset): how a test holds a function's declared list
+/// of variables to what its settings reader really reads.
+pub fn names_read(read: impl FnOnce(&dyn Fn(&str) -> Option<String>)) -> std::collections::BTreeSet<String> {
+    let names = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    read(&|name: &str| {
+        names.borrow_mut().insert(name.to_owned());
+        None
+    });
+    names.into_inner()
+}

@@ -187,6 +187,14 @@ mod tests {
     }
 
     #[test]
+    fn the_declared_list_is_exactly_what_is_read() {
+        let read = shared::variables::names_read(|var| {
+            Limits::from_variables(var);
+        });
+        assert_eq!(read, Limits::VARIABLES.iter().map(|s| (*s).to_owned()).collect());
+    }
+
+    #[test]
     fn limits_default_here_and_bad_values_keep_the_default() {
         assert_eq!(
             limits(),

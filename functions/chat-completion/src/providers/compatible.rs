@@ -1,10 +1,10 @@
 //! Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio, OpenRouter): OpenAI's
 //! format at a base URL the operator names. There is no official one, so the provider is
 //! refused until `compatible_base_url` is set, and a keyless server is called without a key.
+//! llama.cpp, vLLM and Ollama accept `stream_options` and send the usage chunk, so the
+//! OpenAI-shaped defaults of [`ProviderApi`] serve it as they are.
 
-use super::openai::{chat_completions_request, pass_through_completion, PassThrough};
-use super::{ProviderApi, StreamDecoder, UpstreamRequest, Usage};
-use serde_json::Value;
+use super::ProviderApi;
 
 /// A server at `compatible_base_url`.
 pub struct Compatible;
@@ -24,16 +24,6 @@ impl ProviderApi for Compatible {
     }
     fn default_model(&self) -> &'static str {
         ""
-    }
-    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest {
-        // llama.cpp, vLLM and Ollama accept `stream_options` and send the usage chunk.
-        chat_completions_request(base_url, api_key, body, stream, true)
-    }
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(PassThrough)
-    }
-    fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
-        pass_through_completion(body)
     }
 }
 

@@ -1,12 +1,11 @@
-//! The exercise of adding a provider, kept as a test: Groq's OpenAI-shaped API in one file. To
+//! The exercise of adding a provider, kept as a test: Groq's OpenAI-shaped API in one file (an
+//! OpenAI-shaped API needs only its names and defaults; the trait's defaults call it). To
 //! ship it, this file would drop its `cfg(test)`, and `REGISTRY` in `mod.rs` would list
 //! `Provider(&example::Groq)`; nothing else changes (settings, routing, fallbacks, `/v1/models`,
 //! accounting and storage all go through the registry and the trait) except spin.toml, which
 //! maps its three variables and allows its host.
 
-use super::openai::{chat_completions_request, pass_through_completion, PassThrough};
-use super::{ProviderApi, StreamDecoder, UpstreamRequest, Usage};
-use serde_json::Value;
+use super::ProviderApi;
 
 /// api.groq.com's OpenAI-compatible endpoint.
 pub struct Groq;
@@ -23,15 +22,6 @@ impl ProviderApi for Groq {
     }
     fn default_model(&self) -> &'static str {
         "llama-3.3-70b-versatile"
-    }
-    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest {
-        chat_completions_request(base_url, api_key, body, stream, true)
-    }
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(PassThrough)
-    }
-    fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
-        pass_through_completion(body)
     }
 }
 

@@ -1,9 +1,7 @@
 //! Mistral's chat API: OpenAI-shaped, but it refuses `stream_options` and puts the usage on its
 //! last content chunk instead of a usage-only one (the pass-through moves it to the closing chunk).
 
-use super::openai::{chat_completions_request, pass_through_completion, PassThrough};
-use super::{ProviderApi, StreamDecoder, UpstreamRequest, Usage};
-use serde_json::Value;
+use super::ProviderApi;
 
 /// api.mistral.ai.
 pub struct Mistral;
@@ -26,22 +24,16 @@ impl ProviderApi for Mistral {
             .iter()
             .any(|p| model.starts_with(p))
     }
-    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest {
-        chat_completions_request(base_url, api_key, body, stream, false)
-    }
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(PassThrough)
-    }
-    fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
-        pass_through_completion(body)
+    fn stream_usage_option(&self) -> bool {
+        // Mistral refuses `stream_options`; its usage comes on the last content chunk anyway.
+        false
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{chunks, run};
-    use super::super::{upstream_request, Provider};
-    use super::*;
+    use super::super::{upstream_request, Provider, Usage};
     use serde_json::json;
 
     #[test]

@@ -36,14 +36,27 @@ pub trait ProviderApi: Sync {
     fn owns_model(&self, _model: &str) -> bool {
         false
     }
+    /// Whether a stream may ask for the closing usage chunk (`stream_options.include_usage`);
+    /// only for the OpenAI-shaped default of [`ProviderApi::request`].
+    fn stream_usage_option(&self) -> bool {
+        true
+    }
     /// The upstream request for an OpenAI-format chat body (`messages`, `model`, `temperature`,
-    /// `max_tokens`, `tools`, `tool_choice`, `stop`, ...).
-    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest;
+    /// `max_tokens`, `tools`, `tool_choice`, `stop`, ...). By default OpenAI's Chat Completions
+    /// shape, passed through (`openai.rs`); a provider with its own API overrides this and the
+    /// two below.
+    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest {
+        openai::chat_completions_request(base_url, api_key, body, stream, self.stream_usage_option())
+    }
     /// A decoder for one streamed response.
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(openai::PassThrough)
+    }
     /// A whole (non-streamed) response as OpenAI's `chat.completion`, with its usage. Error
     /// bodies were already taken out by [`completion`].
-    fn completion(&self, body: &Value, created: i64) -> (Value, Usage);
+    fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
+        openai::pass_through_completion(body)
+    }
 }
 
 /// Turns one provider's stream events into OpenAI chunks, keeping what it needs between events.

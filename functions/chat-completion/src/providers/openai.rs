@@ -2,6 +2,8 @@
 //! servers). The request and the reply are OpenAI's own format, so both pass through as JSON on
 //! purpose: parameters chatedge does not know (new ones OpenAI adds) reach the upstream and the
 //! client untouched. Only what is accounted (text, tool calls, finish reason, usage) is read.
+//! These are the defaults of [`ProviderApi`]'s request and reply methods, so an OpenAI-shaped
+//! provider names itself and nothing more.
 
 use super::{ProviderApi, Reply, StreamDecoder, StreamItem, UpstreamRequest, Usage};
 use serde_json::{json, Value};
@@ -24,15 +26,6 @@ impl ProviderApi for OpenAi {
     }
     fn owns_model(&self, model: &str) -> bool {
         ["gpt-", "o1", "o3", "o4", "chatgpt-"].iter().any(|p| model.starts_with(p))
-    }
-    fn request(&self, base_url: &str, api_key: &str, body: &Value, stream: bool) -> UpstreamRequest {
-        chat_completions_request(base_url, api_key, body, stream, true)
-    }
-    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(PassThrough)
-    }
-    fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
-        pass_through_completion(body)
     }
 }
 
