@@ -6,9 +6,9 @@ mod code;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use chatedge::capabilities::variables::{AppVariables, Providers};
 use chatedge::manifest::LoadedManifest;
 use chatedge::runtime::{Runtime, RuntimeOptions};
-use chatedge::variables::{AppVariables, Providers};
 use http_body_util::{BodyExt, Empty, Full};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -254,7 +254,7 @@ fn rate_limiter_pure() -> (f64, f64, f64) {
 /// p50/p99 of one Postgres-backed decision (one statement, as the functions issue it), on a
 /// throwaway local cluster.
 async fn rate_limiter_postgres() -> Result<(Duration, Duration, usize)> {
-    use chatedge::devstack::{self, Cluster};
+    use chatedge::dev::stack::{self as devstack, Cluster};
     let root = PathBuf::from("/var/tmp/chatedge/bench-cluster");
     let _ = std::fs::remove_dir_all(&root);
     let mut cluster = Cluster::open_or_init(&root, &devstack::random_hex(12), true)?;
@@ -465,7 +465,7 @@ async fn uploads() -> Result<()> {
     const RUNS: usize = 10;
     let root = PathBuf::from("/var/tmp/chatedge/bench-s3");
     let _ = std::fs::remove_dir_all(&root);
-    let s3 = chatedge::s3dev::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
+    let s3 = chatedge::dev::s3::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
     let db = chatedge_tests::TestDb::start().await?;
     let host = host_under_bench(
         &db,

@@ -1,12 +1,13 @@
 //! `chatedge`: serve spin.toml (`up`), apply migrations (`migrate`), mint dev tokens (`token`).
 
 use anyhow::{Context, Result};
-use chatedge::devstack::{self, Cluster, DevSecrets};
+use chatedge::capabilities::variables::{AppVariables, Providers};
+use chatedge::dev::stack::{self as devstack, Cluster, DevSecrets};
+use chatedge::dev::tokens;
 use chatedge::manifest::LoadedManifest;
+use chatedge::migrate;
 use chatedge::runtime::{Runtime, RuntimeOptions};
 use chatedge::server::{self, App, ServerLimits};
-use chatedge::variables::{AppVariables, Providers};
-use chatedge::{migrate, tokens};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -97,9 +98,9 @@ struct DevStack {
     secrets: Option<DevSecrets>,
     generated_jwt: bool,
     /// The embedded S3 server, when the dev stack started one.
-    s3: Option<chatedge::s3dev::S3Dev>,
+    s3: Option<chatedge::dev::s3::S3Dev>,
     /// The supervised sandbox child, when the dev stack started one.
-    sandbox: Option<chatedge::sandbox::SandboxChild>,
+    sandbox: Option<chatedge::dev::sandbox::SandboxChild>,
     /// Where it keeps its files.
     state_dir: PathBuf,
 }
@@ -117,7 +118,7 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
         // Objects under .chatedge/s3/<bucket>/...; a key pair for this run only.
         let bucket = providers.env.get("storage_bucket").cloned().unwrap_or_else(|| "uploads".to_owned());
         let (access, secret) = ("chatedge-dev".to_owned(), devstack::random_hex(20));
-        let server = chatedge::s3dev::start(&state_dir.join("s3"), &bucket, "127.0.0.1:0", &access, &secret).await?;
+        let server = chatedge::dev::s3::start(&state_dir.join("s3"), &bucket, "127.0.0.1:0", &access, &secret).await?;
         providers.dev.insert("storage_endpoint".into(), server.endpoint.clone());
         providers.dev.insert("storage_allowed_host".into(), server.endpoint.clone());
         providers.dev.insert("storage_access_key_id".into(), access);
@@ -127,7 +128,7 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
     let mut sandbox = None;
     if declares("sandbox_url") && !providers.provides("sandbox_url") {
         let secret = devstack::random_hex(32);
-        let child = chatedge::sandbox::start(&manifest.dir, "127.0.0.1:0", &secret)?;
+        let child = chatedge::dev::sandbox::start(&manifest.dir, "127.0.0.1:0", &secret)?;
         providers.dev.insert("sandbox_url".into(), child.url.clone());
         providers.dev.insert("sandbox_allowed_host".into(), child.url.clone());
         providers.dev.insert("sandbox_secret".into(), secret);

@@ -146,7 +146,8 @@ impl LoadedManifest {
             bail!("only spin_manifest_version = 2 is supported");
         }
         for (name, var) in &manifest.variables {
-            crate::variables::check_name(name).with_context(|| format!("application variable '{name}'"))?;
+            crate::capabilities::variables::check_name(name)
+                .with_context(|| format!("application variable '{name}'"))?;
             if var.required && var.default.is_some() {
                 bail!("variable '{name}' cannot be both required and have a default");
             }

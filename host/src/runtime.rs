@@ -2,10 +2,10 @@
 //! once (through an on-disk cache of precompiled artifacts) and pre-instantiated; a fresh Store
 //! and instance per request.
 
+use crate::capabilities::outbound::{OutboundHttp, OutboundPolicy};
+use crate::capabilities::postgres::PgPools;
+use crate::capabilities::variables::{AppVariables, ComponentVariables};
 use crate::manifest::LoadedManifest;
-use crate::outbound::{OutboundHttp, OutboundPolicy};
-use crate::postgres::PgPools;
-use crate::variables::{AppVariables, ComponentVariables};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -66,11 +66,11 @@ pub struct RequestState {
     /// Postgres pools shared by all requests.
     pub pg: Arc<PgPools>,
     /// Key-value stores shared by all requests.
-    pub kv: Arc<crate::keyvalue::KvStores>,
+    pub kv: Arc<crate::capabilities::keyvalue::KvStores>,
     /// SQLite databases shared by all requests.
-    pub sqlite: Arc<crate::sqlite::SqliteDatabases>,
+    pub sqlite: Arc<crate::capabilities::sqlite::SqliteDatabases>,
     /// Outbound Redis connections shared by all requests.
-    pub redis_clients: Arc<crate::redis_outbound::RedisClients>,
+    pub redis_clients: Arc<crate::capabilities::redis_outbound::RedisClients>,
 }
 
 impl WasiView for RequestState {
@@ -107,9 +107,9 @@ pub struct Runtime {
     /// Components by id.
     pub components: BTreeMap<String, Arc<ComponentRuntime>>,
     pg: Arc<PgPools>,
-    kv: Arc<crate::keyvalue::KvStores>,
-    sqlite: Arc<crate::sqlite::SqliteDatabases>,
-    redis_clients: Arc<crate::redis_outbound::RedisClients>,
+    kv: Arc<crate::capabilities::keyvalue::KvStores>,
+    sqlite: Arc<crate::capabilities::sqlite::SqliteDatabases>,
+    redis_clients: Arc<crate::capabilities::redis_outbound::RedisClients>,
     options: RuntimeOptions,
 }
 
@@ -183,7 +183,7 @@ fn trusted_cache_file(path: &Path) -> bool {
     {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::symlink_metadata(path) else { return false };
-        let me = crate::devstack::euid();
+        let me = crate::dev::stack::euid();
         meta.file_type().is_file() && meta.uid() == me && meta.mode() & 0o022 == 0
     }
     #[cfg(not(unix))]
@@ -220,8 +220,9 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::bindings::SpinHost::add_to_linker::<_, HasSelf<RequestState>>(&mut linker, |s| s)?;
 
-        let kv = Arc::new(crate::keyvalue::KvStores::new(options.stores.key_value_stores.clone()));
-        let sqlite = Arc::new(crate::sqlite::SqliteDatabases::new(options.stores.sqlite_databases.clone()));
+        let kv = Arc::new(crate::capabilities::keyvalue::KvStores::new(options.stores.key_value_stores.clone()));
+        let sqlite =
+            Arc::new(crate::capabilities::sqlite::SqliteDatabases::new(options.stores.sqlite_databases.clone()));
         let mut components = BTreeMap::new();
         for (id, spec) in &manifest.manifest.component {
             for label in &spec.key_value_stores {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::keyvalue::StoreConfig;
+use crate::capabilities::keyvalue::StoreConfig;
 
 #[derive(Deserialize)]
 struct File {

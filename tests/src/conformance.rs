@@ -158,7 +158,7 @@ async fn python_service(script: &Path, services: &mut Services) -> Result<()> {
 }
 
 async fn redis(services: &mut Services) -> Result<()> {
-    let port = chatedge::devstack::free_port()?;
+    let port = chatedge::dev::stack::free_port()?;
     let child = tokio::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
@@ -186,7 +186,7 @@ async fn redis(services: &mut Services) -> Result<()> {
 /// A broker for the MQTT tests when `mosquitto` is installed (Spin's side of the table needs
 /// one); otherwise the port is only named. chatedge refuses those tests at start either way.
 async fn mqtt(services: &mut Services) -> Result<()> {
-    let port = chatedge::devstack::free_port()?;
+    let port = chatedge::dev::stack::free_port()?;
     services.ports.insert(1883, port);
     let Some(bin) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().map(PathBuf::from).find(|p| p.is_file())
     else {
@@ -265,7 +265,7 @@ fn fill(text: &str, components: &Path, ports: &HashMap<u16, u16>) -> Result<Stri
 
 /// Starts `runtime` on the test's manifest; `Err(Refused)` when it will not start the app.
 async fn start(runtime: &Runtime, dir: &Path) -> Result<Result<(tokio::process::Child, String), String>> {
-    let port = chatedge::devstack::free_port()?;
+    let port = chatedge::dev::stack::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = match runtime {
         Runtime::Chatedge(bin) => {

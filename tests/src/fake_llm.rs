@@ -9,7 +9,6 @@ use hyper::body::{Body, Frame};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -110,28 +109,9 @@ type Reply = http::Response<http_body_util::Either<Full<Bytes>, ChannelBody>>;
 impl FakeProvider {
     /// Starts a fake answering from `script` in order, then `fallback` for every later request.
     pub async fn start(script: Vec<Answer>, fallback: Option<Answer>) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr: SocketAddr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State { script: script.into(), fallback, ..Default::default() }));
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                // Providers flush every event at once; without this Nagle holds small frames
-                // for the peer's delayed ACK (40 ms on Linux).
-                let _ = stream.set_nodelay(true);
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::serve_http(move |req| answer(shared.clone(), req)).await?;
         Ok(FakeProvider { origin: format!("http://{addr}"), state, task })
     }
 

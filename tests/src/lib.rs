@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use chatedge::devstack::{self, Cluster};
+use chatedge::dev::stack::{self as devstack, Cluster};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -112,7 +112,7 @@ impl TestDb {
                 &[&id, &email],
             )
             .await?;
-        let token = chatedge::tokens::user_token(JWT_SECRET.as_bytes(), &id.to_string(), &email, 3600)?;
+        let token = chatedge::dev::tokens::user_token(JWT_SECRET.as_bytes(), &id.to_string(), &email, 3600)?;
         Ok(User { id, token })
     }
 
@@ -183,7 +183,7 @@ impl TestDb {
             os("-out"),
             cert.as_os_str(),
         ])?;
-        chatedge::devstack::chown_for_cluster(&[&cert, &key])?;
+        chatedge::dev::stack::chown_for_cluster(&[&cert, &key])?;
         let hba = root.join("data/pg_hba.conf");
         let conf = std::fs::read_to_string(&hba)?;
         let tls_only: String = conf
@@ -351,10 +351,10 @@ impl Host {
         };
         let state = tempfile::tempdir_in("/var/tmp")?;
         let s3 =
-            chatedge::s3dev::start(&state.path().join("s3"), "uploads", "127.0.0.1:0", "spin-s3", "spin-s3-secret")
+            chatedge::dev::s3::start(&state.path().join("s3"), "uploads", "127.0.0.1:0", "spin-s3", "spin-s3-secret")
                 .await?;
         let sandbox_secret = devstack::random_hex(32);
-        let sandbox = chatedge::sandbox::start_binary(
+        let sandbox = chatedge::dev::sandbox::start_binary(
             Some(chatedge_bin()?.with_file_name("sandbox")),
             &repo_root(),
             "127.0.0.1:0",
@@ -580,7 +580,7 @@ impl Host {
 
 /// Mints a token with arbitrary claims and the test secret.
 pub fn token_with(claims: Value) -> String {
-    chatedge::tokens::sign(JWT_SECRET.as_bytes(), &claims).unwrap_or_default()
+    chatedge::dev::tokens::sign(JWT_SECRET.as_bytes(), &claims).unwrap_or_default()
 }
 
 /// The `data:` payloads of an SSE body, in order (`[DONE]` included as text).
@@ -592,4 +592,36 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
 /// The `data:` payloads of an SSE body parsed as JSON, `[DONE]` left out.
 pub fn sse_json(body: &[u8]) -> Vec<Value> {
     sse_data(body).iter().filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap_or(Value::Null)).collect()
+}
+
+/// Serves HTTP/1 on a fresh loopback port, every request answered by `handle`, until the
+/// returned task is aborted: the one accept loop of the tests' fake servers. Small frames go out
+/// at once (no Nagle), as a provider flushing each event does.
+pub async fn serve_http<F, Fut, B>(handle: F) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, task))
 }

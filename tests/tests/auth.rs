@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 const PATH: &str = "/functions/v1/conversations";
 
 fn now() -> i64 {
-    chatedge::tokens::now()
+    chatedge::dev::tokens::now()
 }
 
 fn claims(user: &uuid::Uuid) -> Value {
@@ -96,28 +96,16 @@ async fn every_bad_token_is_a_401_envelope() -> anyhow::Result<()> {
 #[tokio::test]
 async fn jwks_url_is_fetched_only_from_an_allowed_host() -> anyhow::Result<()> {
     use http_body_util::Full;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
     let jwks = bytes::Bytes::from(testdata("jwks.json"));
     let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = fetches.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let jwks = jwks.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let jwks = jwks.clone();
-                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(jwks))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let (addr, _server) = chatedge_tests::serve_http(move |_req| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let jwks = jwks.clone();
+        async move { hyper::Response::new(Full::new(jwks)) }
+    })
+    .await?;
+    let port = addr.port();
     let db = TestDb::start().await?;
     let user = db.user().await?;
     let url = format!("http://127.0.0.1:{port}/auth/v1/.well-known/jwks.json");

@@ -180,7 +180,7 @@ async fn the_code_policy_limits_executions() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::Result<()> {
     let bin = chatedge_bin()?.with_file_name("sandbox");
-    let port = chatedge::devstack::free_port()?;
+    let port = chatedge::dev::stack::free_port()?;
     let secret = "sandbox-test-secret";
     let mut child = tokio::process::Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -171,7 +171,7 @@ async fn two_hosts_one_database_admit_exactly_fifty_of_two_hundred_chats() -> an
 async fn key_value_backend_is_exact_under_concurrency_via_compare_and_swap() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
     let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_BACKEND", "kv")]).await?;
-    let service = chatedge::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    let service = chatedge::dev::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
     let host = std::sync::Arc::new(host);
     let mut tasks = Vec::new();
     for _ in 0..40 {
@@ -232,7 +232,7 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
     // POST needs the service role; bad bodies are 400.
     let r = host.json("POST", "/functions/v1/rate-limit", &user.token, json!({"key": "k", "limit": "1/min"})).await?;
     assert_eq!((r.status, r.error_code()), (403, "forbidden".to_owned()));
-    let service = chatedge::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    let service = chatedge::dev::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
     for body in [json!({"key": "", "limit": "1/min"}), json!({"key": "k", "limit": "lots"}), json!({"key": "k"})] {
         let r = host.json("POST", "/functions/v1/rate-limit", &service, body.clone()).await?;
         assert_eq!(r.status, 400, "{body}");
@@ -253,7 +253,7 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
         .await?;
     let anon = chatedge_tests::token_with(json!({
         "sub": anon_id, "role": "authenticated", "aud": "authenticated", "is_anonymous": true,
-        "exp": chatedge::tokens::now() + 600,
+        "exp": chatedge::dev::tokens::now() + 600,
     }));
     let mut statuses = Vec::new();
     for _ in 0..3 {

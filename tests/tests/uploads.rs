@@ -1,7 +1,7 @@
 //! file-upload end to end: the real host and component, a real Postgres under RLS and the
 //! embedded S3 protocol server (s3s, signatures verified) on a real socket.
 
-use chatedge::s3dev::{self, S3Dev};
+use chatedge::dev::s3::{self as s3dev, S3Dev};
 use chatedge_tests::{Host, Reply, TestDb, User};
 use serde_json::{json, Value};
 use sha2::Digest;

@@ -1,0 +1,8 @@
+//! The embedded dev stack of `chatedge up` (what `supabase start` gives): a Postgres cluster,
+//! secrets and tokens, the S3 protocol server and the sandbox as a supervised child. None of it
+//! is part of serving a manifest; the runtime does not depend on it.
+
+pub mod s3;
+pub mod sandbox;
+pub mod stack;
+pub mod tokens;
