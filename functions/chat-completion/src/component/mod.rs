@@ -43,6 +43,15 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let matched = header("spin-matched-route").unwrap_or_default();
     let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
     let byo_key = header("x-provider-api-key");
+    let method = req.method();
+    let incoming = Incoming::from_head(&req);
+    let mut responder = Responder::new(out, origin);
+    responder.request_id = incoming.request_id.clone();
+    // A preflight needs no settings.
+    if method == Method::Options {
+        responder.send(204, &[], Vec::new()).await;
+        return;
+    }
     // Every variable this component reads, read once.
     let settings = Settings::from_variables(variable);
     let client_ip = shared::ratelimit::client_ip(
@@ -53,14 +62,6 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
             settings.trust_forwarded_for.as_deref(),
         ),
     );
-    let method = req.method();
-    let incoming = Incoming::from_head(&req);
-    let mut responder = Responder::new(out, origin);
-    responder.request_id = incoming.request_id.clone();
-    if method == Method::Options {
-        responder.send(204, &[], Vec::new()).await;
-        return;
-    }
     let openai_route = matched.starts_with("/v1");
     let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
         (true, "/models", Method::Get) => list_models(&incoming, &settings).await.map(|v| Some((200, v))),
