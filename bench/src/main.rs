@@ -254,7 +254,7 @@ fn rate_limiter_pure() -> (f64, f64, f64) {
 /// p50/p99 of one Postgres-backed decision (one statement, as the functions issue it), on a
 /// throwaway local cluster.
 async fn rate_limiter_postgres() -> Result<(Duration, Duration, usize)> {
-    use chatedge::dev::stack::{self as devstack, Cluster};
+    use chatedge_devstack::stack::{self as devstack, Cluster};
     let root = PathBuf::from("/var/tmp/chatedge/bench-cluster");
     let _ = std::fs::remove_dir_all(&root);
     let mut cluster = Cluster::open_or_init(&root, &devstack::random_hex(12), true)?;
@@ -357,10 +357,10 @@ async fn stream_load(
 pub(crate) async fn host_under_bench(
     db: &chatedge_tests::TestDb,
     vars: &[(&str, &str)],
-) -> Result<chatedge_tests::Host> {
+) -> Result<chatedge_tests::TestApp> {
     let bin = std::env::current_exe()?.parent().context("bin dir")?.join("chatedge");
     std::env::set_var("CHATEDGE_BIN", &bin);
-    chatedge_tests::Host::start(db, vars).await
+    chatedge_tests::TestApp::spawn(db, vars).await
 }
 
 /// Chat streams through `chatedge up` (real component, real Postgres, fake OpenAI on loopback)
@@ -465,7 +465,7 @@ async fn uploads() -> Result<()> {
     const RUNS: usize = 10;
     let root = PathBuf::from("/var/tmp/chatedge/bench-s3");
     let _ = std::fs::remove_dir_all(&root);
-    let s3 = chatedge::dev::s3::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
+    let s3 = chatedge_devstack::s3::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
     let db = chatedge_tests::TestDb::start().await?;
     let host = host_under_bench(
         &db,

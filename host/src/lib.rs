@@ -1,8 +1,8 @@
 //! chatedge's host: serves a Spin manifest (spin.toml) without Spin installed, with Spin's
-//! variables, Postgres and outbound HTTP capabilities, plus migrations and the embedded dev stack.
+//! variables, Postgres and outbound HTTP capabilities, plus migrations. The dev stack of
+//! `chatedge up` is the `chatedge-devstack` crate, which only the binary uses.
 
 pub mod capabilities;
-pub mod dev;
 pub mod maintenance;
 pub mod manifest;
 pub mod migrate;

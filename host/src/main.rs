@@ -2,12 +2,12 @@
 
 use anyhow::{Context, Result};
 use chatedge::capabilities::variables::{AppVariables, Providers};
-use chatedge::dev::stack::{self as devstack, Cluster, DevSecrets};
-use chatedge::dev::tokens;
 use chatedge::manifest::LoadedManifest;
 use chatedge::migrate;
 use chatedge::runtime::{Runtime, RuntimeOptions};
 use chatedge::server::{self, App, ServerLimits};
+use chatedge_devstack::stack::{self as devstack, Cluster, DevSecrets};
+use chatedge_devstack::tokens;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -98,9 +98,9 @@ struct DevStack {
     secrets: Option<DevSecrets>,
     generated_jwt: bool,
     /// The embedded S3 server, when the dev stack started one.
-    s3: Option<chatedge::dev::s3::S3Dev>,
+    s3: Option<chatedge_devstack::s3::S3Dev>,
     /// The supervised sandbox child, when the dev stack started one.
-    sandbox: Option<chatedge::dev::sandbox::SandboxChild>,
+    sandbox: Option<chatedge_devstack::sandbox::SandboxChild>,
     /// Where it keeps its files.
     state_dir: PathBuf,
 }
@@ -118,7 +118,8 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
         // Objects under .chatedge/s3/<bucket>/...; a key pair for this run only.
         let bucket = providers.env.get("storage_bucket").cloned().unwrap_or_else(|| "uploads".to_owned());
         let (access, secret) = ("chatedge-dev".to_owned(), devstack::random_hex(20));
-        let server = chatedge::dev::s3::start(&state_dir.join("s3"), &bucket, "127.0.0.1:0", &access, &secret).await?;
+        let server =
+            chatedge_devstack::s3::start(&state_dir.join("s3"), &bucket, "127.0.0.1:0", &access, &secret).await?;
         providers.dev.insert("storage_endpoint".into(), server.endpoint.clone());
         providers.dev.insert("storage_allowed_host".into(), server.endpoint.clone());
         providers.dev.insert("storage_access_key_id".into(), access);
@@ -128,7 +129,7 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
     let mut sandbox = None;
     if declares("sandbox_url") && !providers.provides("sandbox_url") {
         let secret = devstack::random_hex(32);
-        let child = chatedge::dev::sandbox::start(&manifest.dir, "127.0.0.1:0", &secret)?;
+        let child = chatedge_devstack::sandbox::start(&manifest.dir, "127.0.0.1:0", &secret)?;
         providers.dev.insert("sandbox_url".into(), child.url.clone());
         providers.dev.insert("sandbox_allowed_host".into(), child.url.clone());
         providers.dev.insert("sandbox_secret".into(), secret);
@@ -147,7 +148,7 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
             tracing::info!("applied {} migration(s)", applied.len());
         }
         devstack::prepare_database(
-            &c.superuser_url(),
+            &chatedge::pgtls::connect(&c.superuser_url()).await?,
             &secrets.authenticator_password,
             &secrets.demo_user_id,
             devstack::DEMO_EMAIL,

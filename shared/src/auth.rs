@@ -190,6 +190,15 @@ impl AuthConfig {
         Ok(Principal { user_id, role, is_anonymous: std.is_anonymous, claims })
     }
 
+    /// Whether the bearer token names a signing key this configuration does not hold (a key id
+    /// and algorithm no JWKS entry has): the one failure a refetched JWKS can cure, after the
+    /// project rotated its keys. Any other token, or none, is `false`.
+    pub fn lacks_key_for(&self, authorization: Option<&str>) -> bool {
+        let Ok(token) = bearer_token(authorization) else { return false };
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return false };
+        header.alg != Algorithm::HS256 && self.key_for(&header).is_err()
+    }
+
     /// Verifies `Authorization: Bearer` and requires a signed-in user (not just an API key).
     pub fn require_user(&self, authorization: Option<&str>) -> Result<(String, Principal), ApiError> {
         let principal = self.verify(bearer_token(authorization)?)?;
@@ -332,6 +341,13 @@ mod tests {
         let key = EncodingKey::from_rsa_pem(include_bytes!("../testdata/rsa_private.pem")).unwrap();
         let token = encode(&h, &user_claims(), &key).unwrap();
         assert!(config().verify(&token).unwrap_err().message.contains("no key matches"));
+        // That is the failure a JWKS refetch may cure; a known key's token, a bad signature or
+        // garbage is not.
+        assert!(config().lacks_key_for(Some(&format!("Bearer {token}"))));
+        assert!(!config().lacks_key_for(Some(&format!("Bearer {}", es(&user_claims(), Some("test-ec"))))));
+        assert!(!config().lacks_key_for(Some(&format!("Bearer {}", hs(&user_claims())))));
+        assert!(!config().lacks_key_for(Some("Bearer not.a.jwt")));
+        assert!(!config().lacks_key_for(None));
     }
 
     #[test]

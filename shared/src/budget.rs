@@ -4,6 +4,7 @@
 
 use crate::spin::{required_variable, variable};
 use crate::ApiError;
+use crate::ErrorCode;
 use spin_sdk::pg4::{Connection, DbValue, ParameterValue, RowSet};
 
 /// The caps in force (`budget_daily_tokens`, `budget_daily_usd`); `None` when neither is set.
@@ -46,8 +47,7 @@ pub struct Hold {
 }
 
 fn unavailable() -> ApiError {
-    ApiError::unavailable("budget_unavailable", "the spend budget could not be checked; retry shortly")
-        .with_header("retry-after", "1")
+    ApiError::unavailable(ErrorCode::BudgetUnavailable, "the spend budget could not be checked; retry shortly")
 }
 
 /// A USD amount as a `numeric` parameter (Spin's driver takes only a decimal for one).
@@ -123,15 +123,19 @@ pub fn reserve_with(
     let day = text(row.get(1));
     if !matches!(row.first(), Some(DbValue::Boolean(true))) {
         let retry = seconds_to_utc_midnight();
-        return Err(ApiError::new(429, "budget_exceeded", "today's spend budget is used up; it resets at 00:00 UTC")
-            .with_detail("day", &day)
-            .with_detail("tokens_used", int(row.get(2)))
-            .with_detail("tokens_reserved", int(row.get(4)))
-            .with_detail("tokens_cap", caps.tokens)
-            .with_detail("usd_used", text(row.get(3)))
-            .with_detail("usd_cap", caps.usd)
-            .with_detail("requested_tokens", tokens)
-            .with_header("retry-after", retry.to_string()));
+        return Err(ApiError::new(
+            429,
+            ErrorCode::BudgetExceeded,
+            "today's spend budget is used up; it resets at 00:00 UTC",
+        )
+        .with_detail("day", &day)
+        .with_detail("tokens_used", int(row.get(2)))
+        .with_detail("tokens_reserved", int(row.get(4)))
+        .with_detail("tokens_cap", caps.tokens)
+        .with_detail("usd_used", text(row.get(3)))
+        .with_detail("usd_cap", caps.usd)
+        .with_detail("requested_tokens", tokens)
+        .with_header("retry-after", retry.to_string()));
     }
     Ok(Reserved { hold_id: text(row.get(6)), user_id: user_id.to_owned(), day, tokens })
 }

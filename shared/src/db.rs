@@ -2,6 +2,7 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::ErrorCode;
 
 /// Run right after `BEGIN`: switches to the caller's role and publishes the verified claims, so that
 /// RLS policies written with `auth.uid()` / `auth.jwt()` hold exactly as under PostgREST. All
@@ -32,16 +33,15 @@ pub enum DbFailure {
 pub fn api_error(failure: &DbFailure) -> ApiError {
     match failure {
         DbFailure::Unavailable(_) => {
-            ApiError::unavailable("database_unavailable", "the database is unavailable; retry shortly")
-                .with_header("retry-after", "1")
+            ApiError::unavailable(ErrorCode::DatabaseUnavailable, "the database is unavailable; retry shortly")
         }
         DbFailure::Sql { code, message } => match code.as_str() {
             // RLS `with check` refusal: the row belongs to someone else or does not exist for you.
             "42501" => ApiError::not_found("resource"),
-            "23505" => ApiError::new(409, "conflict", "a resource with that identity already exists"),
+            "23505" => ApiError::new(409, ErrorCode::Conflict, "a resource with that identity already exists"),
             "23503" => ApiError::not_found("referenced resource"),
             "23514" | "22001" | "22P02" | "22003" | "22021" | "54000" => {
-                ApiError::bad_request("validation_failed", "a value is out of range, too long or malformed")
+                ApiError::bad_request(ErrorCode::ValidationFailed, "a value is out of range, too long or malformed")
                     .logged(format!("{code}: {message}"))
             }
             // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception class

@@ -20,7 +20,7 @@ pub mod signing;
 pub mod spin;
 pub mod variables;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 /// Whether `s` is a UUID in canonical text form (ids in paths and bodies; anything else names
 /// nothing, so callers answer 404 or 400 without asking the database).

@@ -10,6 +10,7 @@
 use crate::ratelimit::{decide, default_policy, Limit, Subject, Verdict};
 use crate::spin::{required_variable, variable};
 use crate::ApiError;
+use crate::ErrorCode;
 use spin_sdk::pg4::{Connection, DbValue, ParameterValue};
 use spin_sdk::wit::wasi::keyvalue::{atomics, store};
 
@@ -42,8 +43,10 @@ pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdic
             if open.split(',').map(str::trim).any(|p| p == name || p == "all") {
                 Ok(None)
             } else {
-                Err(ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable; retry shortly")
-                    .with_header("retry-after", "1"))
+                Err(ApiError::unavailable(
+                    ErrorCode::RateLimiterUnavailable,
+                    "the rate limiter is unavailable; retry shortly",
+                ))
             }
         }
     }
@@ -53,13 +56,13 @@ pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdic
 pub fn peek(name: &str, subject: &Subject) -> Result<Verdict, ApiError> {
     let limit = policy_limit(name)?;
     check(name, limit, &format!("{name}:{}", subject.0), 0)
-        .map_err(|_| ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable"))
+        .map_err(|_| ApiError::unavailable(ErrorCode::RateLimiterUnavailable, "the rate limiter is unavailable"))
 }
 
 /// The current state of several policies for `subject` without consuming anything: one
 /// statement on the `postgres` backend, one read per policy on `kv`.
 pub fn peek_many(names: &[&str], subject: &Subject) -> Result<Vec<Verdict>, ApiError> {
-    let unavailable = || ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable");
+    let unavailable = || ApiError::unavailable(ErrorCode::RateLimiterUnavailable, "the rate limiter is unavailable");
     let limits = names.iter().map(|n| policy_limit(n).map(|l| (*n, l))).collect::<Result<Vec<_>, _>>()?;
     let keys: Vec<String> = limits.iter().map(|(n, _)| format!("{n}:{}", subject.0)).collect();
     match variable("ratelimit_backend").as_deref() {

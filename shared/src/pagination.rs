@@ -4,6 +4,7 @@
 //! range scan per page.
 
 use crate::error::ApiError;
+use crate::ErrorCode;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
@@ -29,7 +30,7 @@ impl Cursor {
 
     /// Parses a client-supplied cursor; anything we did not produce is a 400.
     pub fn decode(raw: &str) -> Result<Self, ApiError> {
-        let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+        let bad = || ApiError::bad_request(ErrorCode::InvalidCursor, "cursor is not one this API returned");
         if raw.len() > 128 {
             return Err(bad());
         }
@@ -68,8 +69,11 @@ pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
         None | Some("") => Ok(DEFAULT_LIMIT),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request("invalid_limit", format!("limit must be an integer from 1 to {MAX_LIMIT}"))
-                .with_detail("field", "limit")),
+            _ => Err(ApiError::bad_request(
+                ErrorCode::InvalidLimit,
+                format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+            )
+            .with_detail("field", "limit")),
         },
     }
 }
@@ -130,7 +134,7 @@ mod tests {
     fn garbage_cursors_are_400() {
         for raw in ["", "!!!", "bm90LWEtY3Vyc29y", &"A".repeat(200), &URL_SAFE_NO_PAD.encode("12:not-a-uuid")] {
             let err = Cursor::decode(raw).unwrap_err();
-            assert_eq!((err.status, err.code), (400, "invalid_cursor"), "{raw}");
+            assert_eq!((err.status, err.code.as_str()), (400, "invalid_cursor"), "{raw}");
         }
     }
 

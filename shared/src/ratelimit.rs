@@ -5,6 +5,8 @@
 //! the TAT (the Postgres function in `migrations/0004_rate_limits.sql` computes the same thing
 //! under a row lock, with the database's clock).
 
+use crate::ErrorCode;
+
 /// A limit: `rate` requests per `period`, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -253,7 +255,7 @@ impl Verdict {
         let retry = ceil_secs(self.retry_after_ns).max(1);
         let mut e = crate::ApiError::new(
             429,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!("rate limit '{}' exceeded: retry in {retry} s", self.policy),
         )
         .with_detail("policy", &self.policy)
@@ -370,7 +372,7 @@ mod tests {
             retry_after_ns: 2_100_000_000,
         };
         let e = v.rejection();
-        assert_eq!((e.status, e.code), (429, "rate_limited"));
+        assert_eq!((e.status, e.code.as_str()), (429, "rate_limited"));
         let h = |n: &str| e.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(h("retry-after"), Some("3"));
         assert_eq!(h("ratelimit-policy"), Some("\"chat\";q=20;w=60"));

@@ -4,6 +4,7 @@
 use crate::auth::{AuthConfig, Principal};
 use crate::db::{self, DbFailure};
 use crate::error::ApiError;
+use crate::ErrorCode;
 use futures::SinkExt;
 use serde_json::Value;
 use spin_sdk::http::{Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam};
@@ -73,10 +74,7 @@ impl Incoming {
         if self.body.len() > MAX_JSON_BODY {
             return Err(ApiError::payload_too_large(MAX_JSON_BODY));
         }
-        serde_json::from_slice(&self.body).map_err(|e| {
-            let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
-            ApiError::bad_request(code, format!("request body: {e}"))
-        })
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::invalid_body(&e))
     }
 
     /// The first value of a query parameter.
@@ -92,7 +90,7 @@ pub async fn read_body(req: IncomingRequest, declared: Option<u64>, max: usize) 
     if declared.is_some_and(|n| n > max as u64) {
         return Err(ApiError::payload_too_large(max));
     }
-    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let unreadable = || ApiError::bad_request(ErrorCode::BodyReadFailed, "the request body could not be read");
     let body = req.consume().map_err(|()| unreadable())?;
     let stream = body.stream().map_err(|()| unreadable())?;
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
@@ -209,10 +207,9 @@ fn auth_config_with_source(force_refresh: bool) -> Result<(AuthConfig, JwksSourc
         },
     };
     let jwks = match jwks_json {
-        Some(bytes) => Some(
-            crate::auth::parse_jwks(&bytes)
-                .map_err(|_| ApiError::unavailable("auth_keys_unavailable", "the JWKS document could not be parsed"))?,
-        ),
+        Some(bytes) => Some(crate::auth::parse_jwks(&bytes).map_err(|_| {
+            ApiError::unavailable(ErrorCode::AuthKeysUnavailable, "the JWKS document could not be parsed")
+        })?),
         None => None,
     };
     let config = AuthConfig {
@@ -266,7 +263,7 @@ fn cached_jwks(url: &str, force_refresh: bool) -> Result<(Vec<u8>, u64), ApiErro
 }
 
 fn fetch_jwks(url: &str) -> Result<Vec<u8>, ApiError> {
-    let unavailable = || ApiError::unavailable("auth_keys_unavailable", "could not fetch the JWKS");
+    let unavailable = || ApiError::unavailable(ErrorCode::AuthKeysUnavailable, "could not fetch the JWKS");
     let request = Request::get(url).build();
     let response: Response = spin_sdk::http::run(spin_sdk::http::send(request)).map_err(|_| unavailable())?;
     if *response.status() != 200 {
@@ -280,7 +277,7 @@ fn fetch_jwks(url: &str) -> Result<Vec<u8>, ApiError> {
 pub fn require_user(incoming: &Incoming) -> Result<(String, Principal), ApiError> {
     let (config, source) = auth_config_with_source(false)?;
     match config.require_user(incoming.authorization.as_deref()) {
-        Err(e) if e.message.starts_with("no key matches") => match source {
+        Err(e) if config.lacks_key_for(incoming.authorization.as_deref()) => match source {
             JwksSource::Url { fetched_at, .. } if now_secs().saturating_sub(fetched_at) >= JWKS_REFRESH_MIN_SECS => {
                 auth_config_with_source(true)?.0.require_user(incoming.authorization.as_deref())
             }

@@ -158,7 +158,7 @@ async fn python_service(script: &Path, services: &mut Services) -> Result<()> {
 }
 
 async fn redis(services: &mut Services) -> Result<()> {
-    let port = chatedge::dev::stack::free_port()?;
+    let port = chatedge_devstack::stack::free_port()?;
     let child = tokio::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
@@ -186,7 +186,7 @@ async fn redis(services: &mut Services) -> Result<()> {
 /// A broker for the MQTT tests when `mosquitto` is installed (Spin's side of the table needs
 /// one); otherwise the port is only named. chatedge refuses those tests at start either way.
 async fn mqtt(services: &mut Services) -> Result<()> {
-    let port = chatedge::dev::stack::free_port()?;
+    let port = chatedge_devstack::stack::free_port()?;
     services.ports.insert(1883, port);
     let Some(bin) = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().map(PathBuf::from).find(|p| p.is_file())
     else {
@@ -215,13 +215,14 @@ async fn mqtt(services: &mut Services) -> Result<()> {
 }
 
 async fn postgres(suite: &Path, services: &mut Services) -> Result<()> {
-    let db = crate::TestDb::start().await?;
+    // The suite's password for role postgres is cluster-wide: a server of its own.
+    let db = crate::TestDb::dedicated().await?;
     let admin = db.admin().await?;
     // The suite's set-up: user postgres / password postgres, database spin_dev, its init SQL.
     // One statement per call: a multi-statement batch is one transaction, which CREATE DATABASE refuses.
     admin.batch_execute("alter role postgres password 'postgres'").await?;
     admin.batch_execute("create database spin_dev").await?;
-    let url = format!("postgres://postgres:postgres@127.0.0.1:{}/spin_dev", db.cluster.port);
+    let url = format!("postgres://postgres:postgres@127.0.0.1:{}/spin_dev", db.port());
     let spin_dev = chatedge::pgtls::connect(&url).await?;
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(suite.join("services/postgres-init"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -234,7 +235,7 @@ async fn postgres(suite: &Path, services: &mut Services) -> Result<()> {
             .await
             .with_context(|| format!("{}", script.display()))?;
     }
-    services.ports.insert(5432, db.cluster.port);
+    services.ports.insert(5432, db.port());
     services.db = Some(db);
     Ok(())
 }
@@ -265,7 +266,7 @@ fn fill(text: &str, components: &Path, ports: &HashMap<u16, u16>) -> Result<Stri
 
 /// Starts `runtime` on the test's manifest; `Err(Refused)` when it will not start the app.
 async fn start(runtime: &Runtime, dir: &Path) -> Result<Result<(tokio::process::Child, String), String>> {
-    let port = chatedge::dev::stack::free_port()?;
+    let port = chatedge_devstack::stack::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = match runtime {
         Runtime::Chatedge(bin) => {

@@ -4,7 +4,7 @@
 //! of them (a parameter of the wrong type, a query that returns no rows) shows up here.
 
 use crate::fake_llm::{self, FakeProvider};
-use crate::{Host, TestDb};
+use crate::{TestApp, TestDb};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 
@@ -24,14 +24,14 @@ pub fn chat_env(fake: &FakeProvider) -> Vec<(String, String)> {
     ]
 }
 
-/// Borrowed pairs for `Host::start*`.
+/// Borrowed pairs for `TestApp::spawn*`.
 pub fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// Conversations: create, get, rename, archive, list with pagination and filters, messages, and
 /// every miss (missing, foreign, malformed) a prompt 404 with nothing left in a transaction.
-pub async fn conversations(host: &Host, db: &TestDb) -> Result<()> {
+pub async fn conversations(host: &TestApp, db: &TestDb) -> Result<()> {
     let (me, other) = (db.user().await?, db.user().await?);
     // Empty lists are `[]`.
     let empty = host.get(CONVERSATIONS, &me.token).await?;
@@ -107,7 +107,7 @@ pub async fn idle_in_transaction(db: &TestDb) -> Result<i64> {
         .admin()
         .await?
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'authenticator' and state like 'idle in transaction%'",
+            "select count(*) from pg_stat_activity where usename = 'authenticator' and datname = current_database() and state like 'idle in transaction%'",
             &[],
         )
         .await?
@@ -116,7 +116,7 @@ pub async fn idle_in_transaction(db: &TestDb) -> Result<i64> {
 
 /// Chat: native streaming and not, continuing a conversation, the OpenAI surface; every
 /// exchange ends with its assistant row settled (never `pending`) and one usage row per call.
-pub async fn chat(host: &Host, db: &TestDb, fake: &FakeProvider) -> Result<()> {
+pub async fn chat(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()> {
     let user = db.user().await?;
     let stream = host.json("POST", CHAT, &user.token, json!({"message": "hello"})).await?;
     ensure!(stream.status == 200, "stream: {} {}", stream.status, String::from_utf8_lossy(&stream.body));
@@ -170,7 +170,7 @@ pub async fn fake_provider() -> Result<FakeProvider> {
 }
 
 /// Limits: the caller's state (one statement), and a 429 with its headers once spent.
-pub async fn limits(host: &Host, db: &TestDb) -> Result<()> {
+pub async fn limits(host: &TestApp, db: &TestDb) -> Result<()> {
     let user = db.user().await?;
     let r = host.get("/functions/v1/rate-limit", &user.token).await?;
     ensure!(r.status == 200, "rate-limit: {} {}", r.status, String::from_utf8_lossy(&r.body));
@@ -181,7 +181,7 @@ pub async fn limits(host: &Host, db: &TestDb) -> Result<()> {
 
 /// Uploads: raw and multipart, listed, downloaded through the presigned URL, deleted; another
 /// user's file is a 404.
-pub async fn uploads(host: &Host, db: &TestDb) -> Result<()> {
+pub async fn uploads(host: &TestApp, db: &TestDb) -> Result<()> {
     let (me, other) = (db.user().await?, db.user().await?);
     let empty = host.get("/functions/v1/file-upload", &me.token).await?;
     ensure!(
@@ -231,7 +231,7 @@ pub async fn uploads(host: &Host, db: &TestDb) -> Result<()> {
 }
 
 /// Code execution in each language, recorded through RLS; a missing conversation is a 404.
-pub async fn code(host: &Host, db: &TestDb) -> Result<()> {
+pub async fn code(host: &TestApp, db: &TestDb) -> Result<()> {
     let user = db.user().await?;
     for (language, code, stdout) in [
         ("python", "import numpy as np\nprint(int(np.arange(4).sum()))", "6\n"),
@@ -264,7 +264,7 @@ pub async fn code(host: &Host, db: &TestDb) -> Result<()> {
 }
 
 /// Every flow against one running runtime.
-pub async fn all(host: &Host, db: &TestDb, fake: &FakeProvider) -> Result<()> {
+pub async fn all(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()> {
     conversations(host, db).await.context("conversations")?;
     chat(host, db, fake).await.context("chat")?;
     limits(host, db).await.context("limits")?;

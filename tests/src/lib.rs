@@ -1,9 +1,10 @@
-//! Harness for the integration tests: a throwaway Postgres cluster with the migrations applied,
-//! the real `chatedge` binary serving the real spin.toml over it, tokens, and an HTTP client.
+//! Harness for the integration tests: a database of each test's own cloned from a migrated
+//! template ([`TestDb`]), the real `chatedge` binary or real Spin serving the real spin.toml over
+//! it ([`TestApp`]), tokens, fake servers and an HTTP client.
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use chatedge::dev::stack::{self as devstack, Cluster};
+use chatedge_devstack::stack as devstack;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -14,8 +15,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub mod conformance;
+mod db;
 pub mod fake_llm;
 pub mod flows;
+mod tls;
+
+pub use db::TestDb;
 
 /// GETs `url` (a presigned download link, say): status and body.
 pub async fn fetch(url: &str) -> Result<(u16, Vec<u8>)> {
@@ -27,7 +32,6 @@ pub async fn fetch(url: &str) -> Result<(u16, Vec<u8>)> {
 
 /// The HS256 secret every test host is configured with.
 pub const JWT_SECRET: &str = "test-secret-with-at-least-32-characters-0123456789";
-const AUTHENTICATOR_PASSWORD: &str = "0123456789abcdef";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -48,177 +52,6 @@ pub fn chatedge_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A throwaway cluster with the repository's migrations applied.
-pub struct TestDb {
-    /// The running cluster.
-    pub cluster: Cluster,
-}
-
-impl TestDb {
-    /// initdb + start on a free port + migrate. The cluster lives under /var/tmp so the
-    /// `postgres` user can reach it wherever the repository is cloned.
-    pub async fn start() -> Result<Self> {
-        let root = PathBuf::from("/var/tmp/chatedge/test-clusters").join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir_all(root.parent().context("parent")?)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            for dir in ["/var/tmp/chatedge", "/var/tmp/chatedge/test-clusters"] {
-                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-            }
-        }
-        let mut cluster = Cluster::open_or_init(&root, &devstack::random_hex(12), true)?;
-        cluster.start(devstack::free_port()?)?;
-        chatedge::migrate::migrate(&cluster.superuser_url(), &repo_root().join("migrations")).await?;
-        let db = TestDb { cluster };
-        let bootstrap_user = uuid::Uuid::new_v4().to_string();
-        devstack::prepare_database(
-            &db.cluster.superuser_url(),
-            AUTHENTICATOR_PASSWORD,
-            &bootstrap_user,
-            "bootstrap@test",
-        )
-        .await?;
-        Ok(db)
-    }
-
-    /// A superuser connection for setup and for checking what was written.
-    pub async fn admin(&self) -> Result<tokio_postgres::Client> {
-        chatedge::pgtls::connect(&self.cluster.superuser_url()).await
-    }
-
-    /// A connection acting as `user` exactly as PostgREST would for a request with their token:
-    /// role `authenticated`, the claims published. What a user can do through Supabase's REST
-    /// API directly, bypassing the functions.
-    pub async fn as_user(&self, user: &User) -> Result<tokio_postgres::Client> {
-        let client = self.admin().await?;
-        client
-            .batch_execute(&format!(
-                "set role authenticated; select set_config('request.jwt.claims', '{{\"sub\":\"{}\",\"role\":\"authenticated\"}}', false)",
-                user.id
-            ))
-            .await?;
-        Ok(client)
-    }
-
-    /// Inserts a user into auth.users and returns an access token for them.
-    pub async fn user(&self) -> Result<User> {
-        let id = uuid::Uuid::new_v4();
-        let email = format!("{id}@test.local");
-        self.admin()
-            .await?
-            .execute(
-                "insert into auth.users (id, aud, role, email) values ($1, 'authenticated', 'authenticated', $2)",
-                &[&id, &email],
-            )
-            .await?;
-        let token = chatedge::dev::tokens::user_token(JWT_SECRET.as_bytes(), &id.to_string(), &email, 3600)?;
-        Ok(User { id, token })
-    }
-
-    /// Like [`TestDb::start`], with TLS on (a server certificate for 127.0.0.1 signed by a
-    /// throwaway CA, both made with openssl) and plain TCP refused (`hostssl` only), so a
-    /// connection that works is an encrypted one. Returns the CA certificate for `sslrootcert`.
-    pub async fn start_tls() -> Result<(Self, PathBuf)> {
-        let db = TestDb::start().await?;
-        let root = db.cluster.root().to_owned();
-        let (cert, key) = (root.join("server.crt"), root.join("server.key"));
-        let (ca, ca_key, csr, ext) =
-            (root.join("ca.crt"), root.join("ca.key"), root.join("server.csr"), root.join("server.ext"));
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")?;
-        let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
-            let status = std::process::Command::new("openssl")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .context("running openssl")?;
-            if !status.success() {
-                bail!("openssl could not make a certificate");
-            }
-            Ok(())
-        };
-        let os = |s: &'static str| std::ffi::OsStr::new(s);
-        openssl(&[
-            os("req"),
-            os("-x509"),
-            os("-newkey"),
-            os("rsa:2048"),
-            os("-nodes"),
-            os("-days"),
-            os("2"),
-            os("-subj"),
-            os("/CN=chatedge test CA"),
-            os("-keyout"),
-            ca_key.as_os_str(),
-            os("-out"),
-            ca.as_os_str(),
-        ])?;
-        openssl(&[
-            os("req"),
-            os("-newkey"),
-            os("rsa:2048"),
-            os("-nodes"),
-            os("-subj"),
-            os("/CN=127.0.0.1"),
-            os("-keyout"),
-            key.as_os_str(),
-            os("-out"),
-            csr.as_os_str(),
-        ])?;
-        openssl(&[
-            os("x509"),
-            os("-req"),
-            os("-in"),
-            csr.as_os_str(),
-            os("-CA"),
-            ca.as_os_str(),
-            os("-CAkey"),
-            ca_key.as_os_str(),
-            os("-CAcreateserial"),
-            os("-days"),
-            os("2"),
-            os("-extfile"),
-            ext.as_os_str(),
-            os("-out"),
-            cert.as_os_str(),
-        ])?;
-        chatedge::dev::stack::chown_for_cluster(&[&cert, &key])?;
-        let hba = root.join("data/pg_hba.conf");
-        let conf = std::fs::read_to_string(&hba)?;
-        let tls_only: String = conf
-            .lines()
-            .map(|l| if l.starts_with("host ") { l.replacen("host ", "hostssl ", 1) } else { l.to_owned() })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&hba, tls_only)?;
-        let admin = db.admin().await?;
-        // One statement per call: a batch is one transaction, which ALTER SYSTEM refuses.
-        for statement in [
-            "alter system set ssl = on".to_owned(),
-            format!("alter system set ssl_cert_file = '{}'", cert.display()),
-            format!("alter system set ssl_key_file = '{}'", key.display()),
-            "select pg_reload_conf()".to_owned(),
-        ] {
-            admin.batch_execute(&statement).await?;
-        }
-        Ok((db, ca))
-    }
-
-    /// The URL the functions use (the `authenticator` role, as in production).
-    pub fn app_url(&self) -> String {
-        self.cluster.url("authenticator", AUTHENTICATOR_PASSWORD)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = self.cluster.stop();
-        // Stopped; remove the data directory (owned by postgres, removable by root or us).
-        let _ = std::fs::remove_dir_all(self.cluster.root());
-    }
-}
-
 /// A signed-in user.
 #[derive(Clone)]
 pub struct User {
@@ -228,7 +61,7 @@ pub struct User {
     pub token: String,
 }
 
-/// Which runtime a [`Host`] is.
+/// Which runtime a [`TestApp`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
     /// `chatedge up`, the bundled host.
@@ -260,7 +93,7 @@ pub fn spin_bin() -> Result<Option<PathBuf>> {
 }
 
 /// A running `chatedge up` or `spin up`.
-pub struct Host {
+pub struct TestApp {
     child: tokio::process::Child,
     /// The host's own state folder (key-value and SQLite files, dev-stack objects).
     _state: tempfile::TempDir,
@@ -304,14 +137,14 @@ impl Reply {
     }
 }
 
-impl Host {
+impl TestApp {
     /// Starts the host on a free port against `db`, with extra environment (e.g. variables).
-    pub async fn start(db: &TestDb, env: &[(&str, &str)]) -> Result<Self> {
-        Host::start_with_database(db, &db.app_url(), &db.cluster.host_port(), env).await
+    pub async fn spawn(db: &TestDb, env: &[(&str, &str)]) -> Result<Self> {
+        TestApp::spawn_with_database(db, &db.app_url(), &db.host_port(), env).await
     }
 
-    /// Like [`Host::start`], with the functions given `db_url` and `db_host` as written.
-    pub async fn start_with_database(_db: &TestDb, db_url: &str, db_host: &str, env: &[(&str, &str)]) -> Result<Self> {
+    /// Like [`TestApp::spawn`], with the functions given `db_url` and `db_host` as written.
+    pub async fn spawn_with_database(_db: &TestDb, db_url: &str, db_host: &str, env: &[(&str, &str)]) -> Result<Self> {
         let state = tempfile::tempdir_in("/var/tmp")?;
         let mut cmd = tokio::process::Command::new(chatedge_bin()?);
         cmd.arg("up")
@@ -336,25 +169,30 @@ impl Host {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let (child, base_url, log) = Host::wait_serving(cmd).await?;
+        let (child, base_url, log) = TestApp::wait_serving(cmd).await?;
         let client = HyperClient::builder(TokioExecutor::new()).build_http();
-        Ok(Host { child, _state: state, _services: Vec::new(), runtime: Runtime::Chatedge, base_url, client, log })
+        Ok(TestApp { child, _state: state, _services: Vec::new(), runtime: Runtime::Chatedge, base_url, client, log })
     }
 
     /// `spin up --from spin.toml` against `db`, with what the dev stack would have given it
     /// started here: the embedded S3 server, the sandbox service (signed, as a supervised child)
     /// and the JWT secret. `None` when there is no Spin binary and `./dev test` said so.
-    pub async fn start_spin(db: &TestDb, env: &[(&str, &str)]) -> Result<Option<Self>> {
+    pub async fn spawn_spin(db: &TestDb, env: &[(&str, &str)]) -> Result<Option<Self>> {
         let Some(spin) = spin_bin()? else {
             eprintln!("!!! no Spin binary: the real-Spin check is left out (CHATEDGE_NO_SPIN=1)");
             return Ok(None);
         };
         let state = tempfile::tempdir_in("/var/tmp")?;
-        let s3 =
-            chatedge::dev::s3::start(&state.path().join("s3"), "uploads", "127.0.0.1:0", "spin-s3", "spin-s3-secret")
-                .await?;
+        let s3 = chatedge_devstack::s3::start(
+            &state.path().join("s3"),
+            "uploads",
+            "127.0.0.1:0",
+            "spin-s3",
+            "spin-s3-secret",
+        )
+        .await?;
         let sandbox_secret = devstack::random_hex(32);
-        let sandbox = chatedge::dev::sandbox::start_binary(
+        let sandbox = chatedge_devstack::sandbox::start_binary(
             Some(chatedge_bin()?.with_file_name("sandbox")),
             &repo_root(),
             "127.0.0.1:0",
@@ -372,7 +210,7 @@ impl Host {
                 .arg("--state-dir")
                 .arg(state.path())
                 .env("SPIN_VARIABLE_DB_URL", db.app_url())
-                .env("SPIN_VARIABLE_DB_HOST", db.cluster.host_port())
+                .env("SPIN_VARIABLE_DB_HOST", db.host_port())
                 .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", JWT_SECRET)
                 .env("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint)
                 .env("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", &s3.endpoint)
@@ -387,10 +225,10 @@ impl Host {
             for (k, v) in env {
                 cmd.env(k, v);
             }
-            match Host::wait_serving(cmd).await {
+            match TestApp::wait_serving(cmd).await {
                 Ok((child, base_url, log)) => {
                     let client = HyperClient::builder(TokioExecutor::new()).build_http();
-                    return Ok(Some(Host {
+                    return Ok(Some(TestApp {
                         child,
                         _state: state,
                         _services: vec![Box::new(s3), Box::new(sandbox)],
@@ -443,10 +281,10 @@ impl Host {
             for (k, v) in env {
                 cmd.env(k, v);
             }
-            match Host::wait_serving(cmd).await {
+            match TestApp::wait_serving(cmd).await {
                 Ok((child, base_url, log)) => {
                     let client = HyperClient::builder(TokioExecutor::new()).build_http();
-                    return Ok(Some(Host {
+                    return Ok(Some(TestApp {
                         child,
                         _state: state,
                         _services: Vec::new(),
@@ -580,7 +418,7 @@ impl Host {
 
 /// Mints a token with arbitrary claims and the test secret.
 pub fn token_with(claims: Value) -> String {
-    chatedge::dev::tokens::sign(JWT_SECRET.as_bytes(), &claims).unwrap_or_default()
+    chatedge_devstack::tokens::sign(JWT_SECRET.as_bytes(), &claims).unwrap_or_default()
 }
 
 /// The `data:` payloads of an SSE body, in order (`[DONE]` included as text).

@@ -5,6 +5,7 @@
 use crate::providers::Provider;
 use serde_json::{json, Value};
 use shared::ApiError;
+use shared::ErrorCode;
 use std::time::Duration;
 
 /// Why a provider call failed before a usable response arrived.
@@ -56,25 +57,25 @@ impl CallFailure {
         let e = match self {
             CallFailure::Status { status: 429, message, retry_after } => {
                 let secs = retry_after.map(|d| d.as_secs_f64().ceil() as u64).unwrap_or(1).max(1);
-                ApiError::new(429, "provider_rate_limited", format!("{name} is rate limiting requests: {message}"))
+                ApiError::new(429, ErrorCode::ProviderRateLimited, format!("{name} is rate limiting requests: {message}"))
                     .with_header("retry-after", secs.to_string())
             }
             CallFailure::Status { status: 400 | 404 | 413 | 422, message, .. } => {
-                ApiError::bad_request("provider_rejected_request", format!("{name} rejected the request: {message}"))
+                ApiError::bad_request(ErrorCode::ProviderRejectedRequest, format!("{name} rejected the request: {message}"))
             }
             // The provider's own words would quote (part of) the key: never passed on.
             CallFailure::Status { status: 401 | 403, .. } => {
-                ApiError::new(502, "provider_auth_failed", format!("{name} refused the API key"))
+                ApiError::new(502, ErrorCode::ProviderAuthFailed, format!("{name} refused the API key"))
             }
             CallFailure::Status { status, message, .. } => {
-                ApiError::new(502, "provider_error", format!("{name} failed with HTTP {status}: {message}"))
+                ApiError::new(502, ErrorCode::ProviderError, format!("{name} failed with HTTP {status}: {message}"))
             }
-            CallFailure::Connect(m) => ApiError::new(502, "provider_unreachable", format!("{name} is unreachable: {m}")),
-            CallFailure::Timeout(m) => ApiError::new(504, "provider_timeout", format!("{name} timed out: {m}")),
+            CallFailure::Connect(m) => ApiError::new(502, ErrorCode::ProviderUnreachable, format!("{name} is unreachable: {m}")),
+            CallFailure::Timeout(m) => ApiError::new(504, ErrorCode::ProviderTimeout, format!("{name} timed out: {m}")),
             CallFailure::Denied(m) => ApiError::internal(format!(
                 "server misconfigured: outbound requests to {name} are not allowed ({m}); check the *_allowed_host variables"
             )),
-            CallFailure::Other(m) => ApiError::new(502, "provider_error", format!("{name}: {m}")),
+            CallFailure::Other(m) => ApiError::new(502, ErrorCode::ProviderError, format!("{name}: {m}")),
         };
         let e = e.with_detail("provider", name);
         match self {
@@ -147,12 +148,12 @@ mod tests {
             retry_after: Some(Duration::from_millis(1500)),
         };
         let e = rl.to_api_error(Provider::OPENAI);
-        assert_eq!((e.status, e.code), (429, "provider_rate_limited"));
+        assert_eq!((e.status, e.code.as_str()), (429, "provider_rate_limited"));
         assert!(e.headers.contains(&("retry-after".to_owned(), "2".to_owned())));
         assert!(rl.retryable());
         let e = CallFailure::Status { status: 500, message: "boom".into(), retry_after: None }
             .to_api_error(Provider::MISTRAL);
-        assert_eq!((e.status, e.code), (502, "provider_error"));
+        assert_eq!((e.status, e.code.as_str()), (502, "provider_error"));
         assert_eq!(CallFailure::Timeout("x".into()).to_api_error(Provider::OPENAI).status, 504);
         assert!(!CallFailure::Status { status: 400, message: String::new(), retry_after: None }.retryable());
         assert_eq!(
@@ -177,6 +178,9 @@ mod tests {
             retry_after: None,
         }
         .to_api_error(Provider::OPENAI);
-        assert_eq!((e.status, e.code, e.message.as_str()), (502, "provider_auth_failed", "openai refused the API key"));
+        assert_eq!(
+            (e.status, e.code.as_str(), e.message.as_str()),
+            (502, "provider_auth_failed", "openai refused the API key")
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::retry::RetryPolicy;
 use crate::settings::Settings;
 use serde_json::Value;
 use shared::ApiError;
+use shared::ErrorCode;
 use std::time::Duration;
 
 /// Tokens an image part may cost, at most, whatever its size in the request: OpenAI's
@@ -65,7 +66,7 @@ pub fn provider_config(
     // its base URL is set: never a guessed local address.
     if provider.api().official_base_url().is_none() && set_base_url.is_none() {
         return Err(ApiError::unavailable(
-            "provider_not_configured",
+            ErrorCode::ProviderNotConfigured,
             format!(
                 "provider '{}' is not configured: set the variable '{base_url_variable}' (SPIN_VARIABLE_{}) \
                  to the server's /v1 URL",
@@ -86,7 +87,7 @@ pub fn provider_config(
             None if official => {
                 let variable = format!("{prefix}_api_key");
                 return Err(ApiError::unavailable(
-                    "provider_not_configured",
+                    ErrorCode::ProviderNotConfigured,
                     format!(
                         "provider '{}' is not configured: set the variable '{variable}' (SPIN_VARIABLE_{}), \
                          point '{prefix}_base_url' at an OpenAI-compatible server, or send x-provider-api-key",
@@ -190,7 +191,7 @@ mod tests {
     #[test]
     fn missing_key_names_the_variable() {
         let e = provider_config(Provider::OPENAI, &settings(&[]), None).unwrap_err();
-        assert_eq!((e.status, e.code), (503, "provider_not_configured"));
+        assert_eq!((e.status, e.code.as_str()), (503, "provider_not_configured"));
         assert!(e.message.contains("openai_api_key") && e.message.contains("SPIN_VARIABLE_OPENAI_API_KEY"));
         let e = provider_config(Provider::ANTHROPIC, &settings(&[]), None).unwrap_err();
         assert!(e.message.contains("anthropic_api_key"));
@@ -207,7 +208,7 @@ mod tests {
         assert_eq!(c.default_model, "gpt-4o-mini");
         // An OpenAI-compatible server with no URL is not configured: 503, no guessed address.
         let e = provider_config(Provider::COMPATIBLE, &settings(&[]), None).unwrap_err();
-        assert_eq!((e.status, e.code), (503, "provider_not_configured"));
+        assert_eq!((e.status, e.code.as_str()), (503, "provider_not_configured"));
         let c = provider_config(
             Provider::COMPATIBLE,
             &settings(&[("compatible_base_url", "http://10.0.0.2:8000/v1")]),

@@ -9,6 +9,7 @@
 
 use crate::providers::Usage;
 use serde::Deserialize;
+use shared::ErrorCode;
 
 /// Prices of one model, USD per 1M tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -126,7 +127,7 @@ impl PriceTable {
     pub fn require(&self, model: &str) -> Result<Price, shared::ApiError> {
         self.price(model).ok_or_else(|| {
             shared::ApiError::bad_request(
-                "model_not_priced",
+                ErrorCode::ModelNotPriced,
                 format!("'{model}' has no price and a spend budget is on; set its price in model_prices"),
             )
             .with_detail("model", model)
@@ -165,7 +166,7 @@ mod tests {
             ["gpt-4o-mini-realtime-preview", "o3-deep-research", "llama3.2", "gpt-4o-mini-x", "claude-opus-4-6"]
         {
             assert!(t.price(unknown).is_none(), "{unknown}");
-            assert_eq!(t.require(unknown).unwrap_err().code, "model_not_priced");
+            assert_eq!(t.require(unknown).unwrap_err().code.as_str(), "model_not_priced");
         }
         assert!(names_snapshot_of("claude-sonnet-4@20250514", "claude-sonnet-4"));
         assert!(!names_snapshot_of("claude-sonnet-4-5", "claude-sonnet-4"));

@@ -6,6 +6,7 @@ use crate::providers::Provider;
 use serde_json::{Map, Value};
 use shared::is_uuid;
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Longest single message text accepted (characters).
 pub const MAX_MESSAGE_CHARS: usize = 100_000;
@@ -80,7 +81,7 @@ impl ChatRequest {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("validation_failed", message)
+    ApiError::bad_request(ErrorCode::ValidationFailed, message)
 }
 
 fn parse_json(body: &[u8], max: usize) -> Result<Map<String, Value>, ApiError> {
@@ -90,7 +91,7 @@ fn parse_json(body: &[u8], max: usize) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(invalid("the body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request("invalid_json", format!("request body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(ErrorCode::InvalidJson, format!("request body: {e}"))),
     }
 }
 
@@ -337,7 +338,7 @@ mod tests {
             let e = parse_native(body, DEFAULT_MAX_BODY_BYTES).unwrap_err();
             assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
         }
-        assert_eq!(parse_native(b"{", 100).unwrap_err().code, "invalid_json");
+        assert_eq!(parse_native(b"{", 100).unwrap_err().code.as_str(), "invalid_json");
         assert_eq!(parse_native(&[b' '; 101], 100).unwrap_err().status, 413);
         let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(MAX_MESSAGE_CHARS + 1));
         assert_eq!(parse_native(long.as_bytes(), 1 << 20).unwrap_err().status, 400);
@@ -372,7 +373,7 @@ mod tests {
     fn deeply_nested_json_is_a_400_not_a_stack_overflow() {
         let deep = format!("{{\"message\":\"a\",\"tools\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let e = parse_native(deep.as_bytes(), 1 << 20).unwrap_err();
-        assert_eq!((e.status, e.code), (400, "invalid_json"));
+        assert_eq!((e.status, e.code.as_str()), (400, "invalid_json"));
         let e = parse_openai(deep.as_bytes(), 1 << 20).unwrap_err();
         assert_eq!(e.status, 400);
     }

@@ -7,9 +7,10 @@
 //! is answered only once its row is committed.
 
 use crate::execution::{
-    clamp, parse, passthrough, sandbox_unavailable, ExecuteRequest, Limits, Outcome, DEFAULT_MAX_TIMEOUT_MS,
+    clamp, parse, passthrough, sandbox_unavailable, Answer, CodeExecutionRequest, Limits, Outcome,
+    DEFAULT_MAX_TIMEOUT_MS,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use shared::outbound::{self, Timeouts};
 use shared::ratelimit::Subject;
 use shared::spin::{read_body, require_user, required_variable, serve, variable, Incoming, Reply, RlsTransaction};
@@ -36,30 +37,17 @@ async fn route(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiEr
     let limits = Limits::from_variables(variable);
     let body = read_body(req, incoming.content_length, limits.max_body_bytes()).await?;
     let request = parse(&body, &limits)?;
-    let sandbox_body = serde_json::to_vec(&json!({
-        "language": request.language,
-        "code": request.code,
-        "stdin": request.stdin,
-        "timeout_ms": request.timeout_ms,
-    }))
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let answer = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
-    let outcome: Outcome = serde_json::from_value(answer.clone())
-        .map_err(|e| ApiError::internal(format!("unexpected sandbox answer: {e}")))?;
+    let sandbox_body = serde_json::to_vec(&request.to_sandbox()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let outcome = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
     let id = record(&principal, &user_id, &request, &outcome)?;
-    let mut body = answer;
-    if let Some(map) = body.as_object_mut() {
-        map.insert("id".into(), Value::String(id));
-        map.insert("language".into(), json!(request.language));
-    }
-    let mut response = Reply::json(200, &body);
+    let mut response = Reply::json(200, &Answer { id, language: request.language, outcome: &outcome });
     response.headers.extend(verdict.map(|v| v.headers()).unwrap_or_default());
     Ok(response)
 }
 
 /// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
 /// reach the caller as they are.
-async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Value, ApiError> {
+async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Outcome, ApiError> {
     let base = required_variable("sandbox_url")?;
     let secret = required_variable("sandbox_secret")?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -89,9 +77,11 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&
     })?;
     let status = response.status;
     let bytes = response.read_to_end(64 << 20).await.map_err(|_| sandbox_unavailable("answer cut short"))?;
+    if status == 200 {
+        return serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"));
+    }
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"))?;
     match status {
-        200 => Ok(value),
         401 => Err(ApiError::internal(format!(
             "server misconfigured: the sandbox refused our signature (check sandbox_secret): {}",
             value["error"]["message"]
@@ -105,7 +95,7 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&
 fn record(
     principal: &shared::auth::Principal,
     user_id: &str,
-    request: &ExecuteRequest,
+    request: &CodeExecutionRequest,
     outcome: &Outcome,
 ) -> Result<String, ApiError> {
     let mut tx = RlsTransaction::begin(principal)?;
@@ -126,7 +116,7 @@ fn record(
                 conversation,
                 ParameterValue::Str(request.language.as_str().to_owned()),
                 ParameterValue::Str(request.code.clone()),
-                ParameterValue::Str(outcome.status.clone()),
+                ParameterValue::Str(outcome.status.as_str().to_owned()),
                 exit_code,
                 ParameterValue::Int32(clamp(outcome.stdout_bytes)),
                 ParameterValue::Int32(clamp(outcome.stderr_bytes)),

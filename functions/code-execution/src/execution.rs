@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Largest program accepted when `code_max_bytes` is unset (the sandbox's own default).
 pub const DEFAULT_MAX_CODE_BYTES: usize = 1 << 20;
@@ -51,7 +52,7 @@ impl Limits {
 /// The request body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExecuteRequest {
+pub struct CodeExecutionRequest {
     /// What runs it.
     pub language: Language,
     /// The program.
@@ -67,73 +68,64 @@ pub struct ExecuteRequest {
     pub conversation_id: Option<String>,
 }
 
-/// The languages the sandbox runs.
-#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    /// CPython with numpy, pandas and matplotlib.
-    Python,
-    /// boa.
-    Javascript,
-    /// Types stripped by oxc, then boa.
-    Typescript,
-}
+/// The request body's `language`, the sandbox's outcome: the sandbox's own wire types.
+pub use wire::{Language, Outcome, Status};
 
-impl Language {
-    /// The name in rows and answers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Language::Python => "python",
-            Language::Javascript => "javascript",
-            Language::Typescript => "typescript",
+impl CodeExecutionRequest {
+    /// What the sandbox is asked to run (its own limits apply beyond the deadline).
+    pub fn to_sandbox(&self) -> wire::ExecuteRequest {
+        wire::ExecuteRequest {
+            language: self.language,
+            code: self.code.clone(),
+            stdin: self.stdin.clone(),
+            timeout_ms: self.timeout_ms,
+            fuel: None,
+            memory_bytes: None,
+            output_bytes: None,
         }
     }
 }
 
-/// What the sandbox sends back (the fields this function reads; the rest pass through).
-#[derive(Debug, Deserialize)]
-pub struct Outcome {
-    /// `ok`, `error`, `timeout`, ...
-    pub status: String,
-    /// The program's exit code, when it exited.
-    pub exit_code: Option<i32>,
-    /// Bytes written to stdout (before truncation).
-    pub stdout_bytes: u64,
-    /// Bytes written to stderr (before truncation).
-    pub stderr_bytes: u64,
-    /// Wall time.
-    pub duration_ms: f64,
+/// The answer: the sandbox's outcome with the stored row's id and the language.
+#[derive(Debug, Serialize)]
+pub struct Answer<'a> {
+    /// The `code_executions` row.
+    pub id: String,
+    /// As asked.
+    pub language: Language,
+    /// Everything the sandbox reported.
+    #[serde(flatten)]
+    pub outcome: &'a Outcome,
 }
 
 /// Parses and checks a body against `limits`: a 400 naming the field, or a 413 past a size cap.
-pub fn parse(body: &[u8], limits: &Limits) -> Result<ExecuteRequest, ApiError> {
-    let request: ExecuteRequest = serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
-        ApiError::bad_request(code, format!("request body: {e}"))
-    })?;
+pub fn parse(body: &[u8], limits: &Limits) -> Result<CodeExecutionRequest, ApiError> {
+    let request: CodeExecutionRequest = serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(&e))?;
     validate(&request, limits)?;
     Ok(request)
 }
 
-fn validate(request: &ExecuteRequest, limits: &Limits) -> Result<(), ApiError> {
+fn validate(request: &CodeExecutionRequest, limits: &Limits) -> Result<(), ApiError> {
     let (max_code, max_stdin, max_timeout) = (limits.max_code_bytes, limits.max_stdin_bytes, limits.max_timeout_ms);
     if request.code.trim().is_empty() {
-        return Err(ApiError::bad_request("validation_failed", "code must not be empty").with_detail("field", "code"));
+        return Err(
+            ApiError::bad_request(ErrorCode::ValidationFailed, "code must not be empty").with_detail("field", "code")
+        );
     }
     if request.code.len() > max_code {
-        return Err(ApiError::new(413, "payload_too_large", format!("code exceeds {max_code} bytes"))
+        return Err(ApiError::new(413, ErrorCode::PayloadTooLarge, format!("code exceeds {max_code} bytes"))
             .with_detail("field", "code")
             .with_detail("limit_bytes", max_code));
     }
     if request.stdin.as_deref().map_or(0, str::len) > max_stdin {
-        return Err(ApiError::new(413, "payload_too_large", format!("stdin exceeds {max_stdin} bytes"))
+        return Err(ApiError::new(413, ErrorCode::PayloadTooLarge, format!("stdin exceeds {max_stdin} bytes"))
             .with_detail("field", "stdin")
             .with_detail("limit_bytes", max_stdin));
     }
     if let Some(t) = request.timeout_ms {
         if t == 0 || t > max_timeout {
             return Err(ApiError::bad_request(
-                "validation_failed",
+                ErrorCode::ValidationFailed,
                 format!("timeout_ms must be between 1 and {max_timeout}"),
             )
             .with_detail("field", "timeout_ms"));
@@ -141,7 +133,7 @@ fn validate(request: &ExecuteRequest, limits: &Limits) -> Result<(), ApiError> {
     }
     if let Some(c) = &request.conversation_id {
         if !shared::is_uuid(c) {
-            return Err(ApiError::bad_request("validation_failed", "conversation_id must be a UUID")
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "conversation_id must be a UUID")
                 .with_detail("field", "conversation_id"));
         }
     }
@@ -150,8 +142,10 @@ fn validate(request: &ExecuteRequest, limits: &Limits) -> Result<(), ApiError> {
 
 /// The 503 a caller gets when the sandbox cannot be reached or answers nonsense.
 pub fn sandbox_unavailable(why: &str) -> ApiError {
-    ApiError::unavailable("sandbox_unavailable", format!("the code sandbox is unavailable ({why}); retry shortly"))
-        .with_header("retry-after", "1")
+    ApiError::unavailable(
+        ErrorCode::SandboxUnavailable,
+        format!("the code sandbox is unavailable ({why}); retry shortly"),
+    )
 }
 
 /// The sandbox's own 4xx / 503 envelope as this function's (its closed set of codes only).
@@ -159,17 +153,17 @@ pub fn passthrough(status: u16, value: &Value) -> ApiError {
     let error = &value["error"];
     let message = error["message"].as_str().unwrap_or("the sandbox refused the execution").to_owned();
     let code = match error["code"].as_str() {
-        Some("payload_too_large") => "payload_too_large",
-        Some("sandbox_busy") => "sandbox_busy",
-        Some("language_unavailable") => "language_unavailable",
-        _ if status == 503 => "sandbox_unavailable",
-        _ => "validation_failed",
+        Some("payload_too_large") => ErrorCode::PayloadTooLarge,
+        Some("sandbox_busy") => ErrorCode::SandboxBusy,
+        Some("language_unavailable") => ErrorCode::LanguageUnavailable,
+        _ if status == 503 => ErrorCode::SandboxUnavailable,
+        _ => ErrorCode::ValidationFailed,
     };
-    let mut e = ApiError::new(status, code, message);
     if status == 503 {
-        e = e.with_header("retry-after", "1");
+        ApiError::unavailable(code, message)
+    } else {
+        ApiError::new(status, code, message)
     }
-    e
 }
 
 /// A byte count as the `int4` column holds it.
@@ -228,23 +222,26 @@ mod tests {
         ];
         for (body, status, code) in cases {
             let e = parse(body, &limits()).unwrap_err();
-            assert_eq!((e.status, e.code), (*status, *code), "{}", String::from_utf8_lossy(body));
+            assert_eq!((e.status, e.code.as_str()), (*status, *code), "{}", String::from_utf8_lossy(body));
         }
         let small = Limits { max_code_bytes: 4, max_stdin_bytes: 2, ..limits() };
         let e = parse(br#"{"language":"python","code":"print(1)"}"#, &small).unwrap_err();
-        assert_eq!((e.status, e.code), (413, "payload_too_large"));
+        assert_eq!((e.status, e.code.as_str()), (413, "payload_too_large"));
         let e = parse(br#"{"language":"python","code":"1","stdin":"abc"}"#, &small).unwrap_err();
-        assert_eq!((e.status, e.code), (413, "payload_too_large"));
+        assert_eq!((e.status, e.code.as_str()), (413, "payload_too_large"));
     }
 
     #[test]
     fn the_sandboxs_errors_keep_only_known_codes() {
         let busy = passthrough(503, &json!({"error": {"code": "sandbox_busy", "message": "busy"}}));
-        assert_eq!((busy.status, busy.code), (503, "sandbox_busy"));
+        assert_eq!((busy.status, busy.code.as_str()), (503, "sandbox_busy"));
         let odd = passthrough(503, &json!({"error": {"code": "something_internal"}}));
-        assert_eq!(odd.code, "sandbox_unavailable");
+        assert_eq!(odd.code.as_str(), "sandbox_unavailable");
         let bad = passthrough(400, &json!({}));
-        assert_eq!((bad.code, bad.message.as_str()), ("validation_failed", "the sandbox refused the execution"));
+        assert_eq!(
+            (bad.code.as_str(), bad.message.as_str()),
+            ("validation_failed", "the sandbox refused the execution")
+        );
         assert_eq!(clamp(u64::MAX), i32::MAX);
     }
 }

@@ -9,6 +9,7 @@ use shared::spin::{
     cursor_params, page, read_body, require_user, serve, Incoming, Reply, RlsTransaction, MAX_JSON_BODY,
 };
 use shared::ApiError;
+use shared::ErrorCode;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::pg4::ParameterValue;
@@ -74,7 +75,7 @@ fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Re
         Some("true") => "true",
         Some("all") => "all",
         Some(_) => {
-            return Err(ApiError::bad_request("validation_failed", "archived must be true, false or all")
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "archived must be true, false or all")
                 .with_detail("field", "archived"))
         }
     };
@@ -168,9 +169,8 @@ fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Resu
         None | Some("") | Some("asc") => false,
         Some("desc") => true,
         Some(_) => {
-            return Err(
-                ApiError::bad_request("validation_failed", "order must be asc or desc").with_detail("field", "order")
-            )
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "order must be asc or desc")
+                .with_detail("field", "order"))
         }
     };
     let (cursor_ts, cursor_id) = cursor_params(incoming)?;

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -42,7 +43,7 @@ pub struct UpdateConversation {
 }
 
 fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::bad_request("validation_failed", message).with_detail("field", field)
+    ApiError::bad_request(ErrorCode::ValidationFailed, message).with_detail("field", field)
 }
 
 /// Trims and bounds a title; empty after trimming or containing control characters is refused.
@@ -118,7 +119,7 @@ impl UpdateConversation {
     /// Returns the validated new title (if any) and archive flag; an empty patch is a 400.
     pub fn validate(self) -> Result<(Option<String>, Option<bool>), ApiError> {
         if self.title.is_none() && self.archived.is_none() {
-            return Err(ApiError::bad_request("validation_failed", "send at least one of: title, archived"));
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "send at least one of: title, archived"));
         }
         let title = self.title.as_deref().map(validate_title).transpose()?;
         Ok((title, self.archived))

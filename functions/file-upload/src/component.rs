@@ -18,6 +18,7 @@ use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
 use shared::spin::{cursor_params, require_user, variable, Incoming, Responder, RlsTransaction};
 use shared::ApiError;
+use shared::ErrorCode;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 use spin_sdk::pg4::{DbValue, ParameterValue};
@@ -83,8 +84,10 @@ fn timeouts() -> Timeouts {
 }
 
 fn storage_unavailable(what: &str) -> ApiError {
-    ApiError::unavailable("storage_unavailable", format!("object storage is unavailable ({what}); retry shortly"))
-        .with_header("retry-after", "1")
+    ApiError::unavailable(
+        ErrorCode::StorageUnavailable,
+        format!("object storage is unavailable ({what}); retry shortly"),
+    )
 }
 
 /// Authenticates and applies the `upload` policy (listing and reading count against `api`).
@@ -122,7 +125,7 @@ async fn upload(
     } else {
         let name = headers.file_name.ok_or_else(|| {
             ApiError::bad_request(
-                "validation_failed",
+                ErrorCode::ValidationFailed,
                 "a raw upload needs an x-file-name header (or send multipart/form-data)",
             )
         })?;
@@ -167,7 +170,7 @@ async fn stream_raw(
     len: usize,
     allowed: &[String],
 ) -> Result<Received, ApiError> {
-    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let unreadable = || ApiError::bad_request(ErrorCode::BodyReadFailed, "the request body could not be read");
     let body = req.consume().map_err(|()| unreadable())?;
     let stream = body.stream().map_err(|()| unreadable())?;
     let mut head = Vec::with_capacity(SNIFF_BYTES.min(len));
@@ -179,7 +182,7 @@ async fn stream_raw(
         }
     }
     if head.is_empty() {
-        return Err(ApiError::bad_request("empty_file", format!("'{name}' is empty")));
+        return Err(ApiError::bad_request(ErrorCode::EmptyFile, format!("'{name}' is empty")));
     }
     let (safe_name, display_name) = upload::sanitize_name(name)?;
     let mime = upload::check_type(declared, &head, allowed)?;
@@ -201,7 +204,7 @@ async fn stream_raw(
         let chunk = chunk.map_err(|_| unreadable())?;
         total += chunk.len();
         if total > len {
-            return Err(ApiError::bad_request("body_read_failed", "the body is longer than its Content-Length"));
+            return Err(ApiError::bad_request(ErrorCode::BodyReadFailed, "the body is longer than its Content-Length"));
         }
         hasher.update(&chunk);
         if let Err(e) = writer.write(&chunk).await {
@@ -214,7 +217,7 @@ async fn stream_raw(
         }
     }
     if total != len {
-        return Err(ApiError::bad_request("body_read_failed", "the body ended before its Content-Length"));
+        return Err(ApiError::bad_request(ErrorCode::BodyReadFailed, "the body ended before its Content-Length"));
     }
     if let Err(e) = writer.finish() {
         eprintln!("file-upload: streaming PUT {key}, finishing: {e:?}");
@@ -249,7 +252,7 @@ async fn stream_raw(
 /// Reads a raw body of unknown length, stopping the moment it passes `cap` (a chunked body
 /// cannot push more through), hashing it as it arrives. Reads up to 1 MiB at a time.
 async fn read_capped(req: IncomingRequest, cap: usize) -> Result<(Vec<u8>, String), ApiError> {
-    let unreadable = || ApiError::bad_request("body_read_failed", "the request body could not be read");
+    let unreadable = || ApiError::bad_request(ErrorCode::BodyReadFailed, "the request body could not be read");
     let body = req.consume().map_err(|()| unreadable())?;
     let stream = body.stream().map_err(|()| unreadable())?;
     let mut bytes = Vec::new();

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use sha2::Digest;
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Most files in one request.
 pub const MAX_FILES: usize = 10;
@@ -45,7 +46,7 @@ pub fn validate(
     allowed: &[String],
 ) -> Result<Received, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_file", format!("'{name}' is empty")));
+        return Err(ApiError::bad_request(ErrorCode::EmptyFile, format!("'{name}' is empty")));
     }
     let (safe_name, display_name) = upload::sanitize_name(name)?;
     let mime = upload::check_type(declared, &bytes, allowed)?;
@@ -76,7 +77,7 @@ pub async fn read_multipart<E>(
     allowed: &[String],
 ) -> Result<(Vec<Received>, Option<String>), ApiError> {
     let boundary = multer::parse_boundary(content_type)
-        .map_err(|_| ApiError::bad_request("invalid_multipart", "multipart/form-data needs a boundary"))?;
+        .map_err(|_| ApiError::bad_request(ErrorCode::InvalidMultipart, "multipart/form-data needs a boundary"))?;
     // multer wants a Send stream and WASI streams are not: the body is pumped through a channel
     // (one chunk in flight), counted on the way, and the pump stops the moment it passes `limit`.
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, TooLarge>>(1);
@@ -113,7 +114,7 @@ async fn parse_parts(
     let too_large = || ApiError::payload_too_large(cap);
     let malformed = |e: multer::Error| match e {
         multer::Error::StreamReadFailed(_) => too_large(),
-        other => ApiError::bad_request("invalid_multipart", format!("malformed multipart body: {other}")),
+        other => ApiError::bad_request(ErrorCode::InvalidMultipart, format!("malformed multipart body: {other}")),
     };
     let mut files = Vec::new();
     let mut conversation_id = None;
@@ -132,7 +133,7 @@ async fn parse_parts(
             Some(file_name) => {
                 if files.len() == MAX_FILES {
                     return Err(ApiError::bad_request(
-                        "too_many_files",
+                        ErrorCode::TooManyFiles,
                         format!("at most {MAX_FILES} files per request"),
                     ));
                 }
@@ -141,7 +142,7 @@ async fn parse_parts(
             None if name == "conversation_id" => {
                 let text = String::from_utf8(bytes).unwrap_or_default().trim().to_ascii_lowercase();
                 if !shared::is_uuid(&text) {
-                    return Err(ApiError::bad_request("validation_failed", "conversation_id must be a UUID"));
+                    return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "conversation_id must be a UUID"));
                 }
                 conversation_id = Some(text);
             }
@@ -149,7 +150,7 @@ async fn parse_parts(
         }
     }
     if files.is_empty() {
-        return Err(ApiError::bad_request("validation_failed", "no file in the form (a part with a filename)"));
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "no file in the form (a part with a filename)"));
     }
     Ok((files, conversation_id))
 }
@@ -216,7 +217,7 @@ mod tests {
         assert_eq!(parse(&body, 512, 4096).unwrap_err().status, 413);
         let many: Vec<(&str, Option<&str>, &[u8])> =
             (0..=MAX_FILES).map(|_| ("file", Some("a.txt"), &b"x"[..])).collect();
-        assert_eq!(parse(&form(&many), 64, 1 << 20).unwrap_err().code, "too_many_files");
+        assert_eq!(parse(&form(&many), 64, 1 << 20).unwrap_err().code.as_str(), "too_many_files");
     }
 
     proptest! {

@@ -2,6 +2,7 @@
 //! allow-list, safe storage names, storage keys.
 
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Largest file accepted unless `upload_max_bytes` says otherwise.
 pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
@@ -62,7 +63,7 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
 /// The type the file is stored as. Refuses with 415 when the content is not an allowed type,
 /// or is not what its declared type says (an executable named `.png` sent as `image/png`).
 pub fn check_type(declared: Option<&str>, bytes: &[u8], allowed: &[String]) -> Result<String, ApiError> {
-    let unsupported = |m: String| ApiError::new(415, "unsupported_media_type", m);
+    let unsupported = |m: String| ApiError::new(415, ErrorCode::UnsupportedMediaType, m);
     let sniffed = sniff(bytes).ok_or_else(|| unsupported("the file's content is not a recognised type".into()))?;
     if NEVER.contains(&sniffed) {
         return Err(unsupported(format!("{sniffed} files are not accepted")));
@@ -101,7 +102,7 @@ const WINDOWS_RESERVED: &[&str] = &[
 pub fn sanitize_name(raw: &str) -> Result<(String, String), ApiError> {
     let cleaned: String = raw.chars().filter(|c| !c.is_control()).collect::<String>().trim().to_owned();
     if cleaned.is_empty() {
-        return Err(ApiError::bad_request("validation_failed", "the file needs a name"));
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "the file needs a name"));
     }
     let display: String = cleaned.chars().take(255).collect();
     let last = cleaned.rsplit(['/', '\\']).next().unwrap_or_default();

@@ -13,6 +13,7 @@ use shared::limiter;
 use shared::ratelimit::{Subject, DEFAULT_POLICIES};
 use shared::spin::{auth_config, read_body, require_user, serve, Incoming, Reply, MAX_JSON_BODY};
 use shared::ApiError;
+use shared::ErrorCode;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 
@@ -66,14 +67,12 @@ fn show(incoming: &Incoming) -> Result<Reply, ApiError> {
 async fn consume(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
     let principal = auth_config()?.verify(bearer_token(incoming.authorization.as_deref())?)?;
     if principal.role != "service_role" {
-        return Err(ApiError::new(403, "forbidden", "checking named limits needs the service role key"));
+        return Err(ApiError::new(403, ErrorCode::Forbidden, "checking named limits needs the service role key"));
     }
     let body = read_body(req, incoming.content_length, MAX_JSON_BODY).await?;
     let check = Check::parse(&body)?;
-    let verdict = limiter::check("custom", check.limit, &check.bucket(), check.cost).map_err(|_| {
-        ApiError::unavailable("rate_limiter_unavailable", "the rate limiter is unavailable")
-            .with_header("retry-after", "1")
-    })?;
+    let verdict = limiter::check("custom", check.limit, &check.bucket(), check.cost)
+        .map_err(|_| ApiError::unavailable(ErrorCode::RateLimiterUnavailable, "the rate limiter is unavailable"))?;
     if !verdict.allowed {
         return Err(verdict.rejection());
     }

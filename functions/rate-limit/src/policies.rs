@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::ratelimit::{ceil_secs, Limit, Verdict};
 use shared::ApiError;
+use shared::ErrorCode;
 
 /// Longest key a backend may name.
 pub const MAX_KEY_CHARS: usize = 200;
@@ -63,22 +64,19 @@ pub struct Check {
 impl Check {
     /// Parses a check body: 400 `invalid_json` / `validation_failed` naming what is wrong.
     pub fn parse(body: &[u8]) -> Result<Check, ApiError> {
-        let body: CheckBody = serde_json::from_slice(body).map_err(|e| {
-            let code = if e.is_data() { "validation_failed" } else { "invalid_json" };
-            ApiError::bad_request(code, format!("request body: {e}"))
-        })?;
+        let body: CheckBody = serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(&e))?;
         if body.key.trim().is_empty()
             || body.key.chars().count() > MAX_KEY_CHARS
             || body.key.chars().any(char::is_control)
         {
             return Err(ApiError::bad_request(
-                "validation_failed",
+                ErrorCode::ValidationFailed,
                 format!("key must be 1 to {MAX_KEY_CHARS} printable characters"),
             ));
         }
-        let limit = Limit::parse(&body.limit).map_err(|e| ApiError::bad_request("validation_failed", e))?;
+        let limit = Limit::parse(&body.limit).map_err(|e| ApiError::bad_request(ErrorCode::ValidationFailed, e))?;
         if body.cost > MAX_COST {
-            return Err(ApiError::bad_request("validation_failed", format!("cost must be at most {MAX_COST}")));
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, format!("cost must be at most {MAX_COST}")));
         }
         Ok(Check { key: body.key, limit, cost: body.cost })
     }

@@ -27,6 +27,7 @@ use shared::outbound;
 use shared::ratelimit::Subject;
 use shared::spin::{require_user, variable, Incoming, Responder};
 use shared::ApiError;
+use shared::ErrorCode;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
 use spin_sdk::http_component;
 
@@ -136,7 +137,7 @@ fn targets(req: &ChatRequest, settings: &Settings, byo_key: Option<&str>) -> Res
     let model = req.model.clone().unwrap_or_else(|| config.default_model.clone());
     if model.is_empty() {
         return Err(ApiError::bad_request(
-            "model_required",
+            ErrorCode::ModelRequired,
             format!("name a model, or set '{}_default_model'", primary.api().variable_prefix()),
         ));
     }

@@ -8,6 +8,7 @@ use crate::providers;
 use serde_json::Value;
 use shared::outbound;
 use shared::ApiError;
+use shared::ErrorCode;
 
 pub(crate) async fn whole_reply(
     call: &mut Call,
@@ -46,7 +47,7 @@ pub(crate) async fn whole_reply(
             Ok((200, completion))
         }
         Err(e) => {
-            let error = ApiError::new(502, "provider_error", format!("{}: {}", provider.name(), e.message))
+            let error = ApiError::new(502, ErrorCode::ProviderError, format!("{}: {}", provider.name(), e.message))
                 .with_detail("provider", provider.name());
             call.finish(Outcome::failed(provider, &target.model, &error.message));
             Err(call.label_error(error))

@@ -43,7 +43,7 @@ mod tests {
         assert_eq!(config.base_url, "https://api.groq.com/openai/v1");
         assert_eq!(config.default_model, "llama-3.3-70b-versatile");
         let missing = provider_config(groq, &Settings::for_providers(&[groq], |_| None), None).unwrap_err();
-        assert_eq!(missing.code, "provider_not_configured");
+        assert_eq!(missing.code.as_str(), "provider_not_configured");
         let up = upstream_request(groq, &config.base_url, &config.api_key, &json!({"messages": []}), true);
         assert_eq!(up.url, "https://api.groq.com/openai/v1/chat/completions");
         let (reply, _) = run(groq, include_str!("../../testdata/openai_stream.sse"));

@@ -1,6 +1,6 @@
 //! Host behaviour: routing, CORS preflight, a database outage, a trapping guest, shutdown.
 
-use chatedge_tests::{Host, TestDb};
+use chatedge_tests::{TestApp, TestDb};
 use serde_json::json;
 
 const PATH: &str = "/functions/v1/conversations";
@@ -8,7 +8,7 @@ const PATH: &str = "/functions/v1/conversations";
 #[tokio::test]
 async fn unknown_routes_preflight_and_health() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let user = db.user().await?;
     let missing = host.send("GET", "/functions/v1/nope", None, None, &[]).await?;
     assert_eq!((missing.status, missing.error_code()), (404, "route_not_found".to_owned()));
@@ -51,20 +51,20 @@ async fn unknown_routes_preflight_and_health() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn database_down_is_503_and_the_host_recovers() -> anyhow::Result<()> {
-    let mut db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    // The outage stops the server: one of this test's own.
+    let mut db = TestDb::dedicated().await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let user = db.user().await?;
     assert_eq!(host.get(PATH, &user.token).await?.status, 200);
 
-    let port = db.cluster.port;
-    db.cluster.stop()?;
+    db.stop()?;
     let down = host.json("POST", PATH, &user.token, json!({"title": "during outage"})).await?;
     assert_eq!((down.status, down.error_code()), (503, "database_unavailable".to_owned()));
     assert!(down.header("retry-after").is_some());
     // The host itself keeps answering.
     assert_eq!(host.send("GET", "/functions/v1/health", None, None, &[]).await?.status, 200);
 
-    db.cluster.start(port)?;
+    db.restart()?;
     let back = host.json("POST", PATH, &user.token, json!({"title": "after outage"})).await?;
     assert_eq!(back.status, 201, "{:?}", back.json());
     let list = host.get(PATH, &user.token).await?.json();
@@ -79,7 +79,8 @@ async fn a_trapping_guest_gets_a_json_500_and_the_host_keeps_serving() -> anyhow
     // 8 MiB of linear memory: reading a 12 MB chat body (the cap raised for this) makes the
     // guest's allocator fail, which traps.
     let host =
-        Host::start(&db, &[("CHATEDGE_MAX_MEMORY_MB", "8"), ("SPIN_VARIABLE_CHAT_MAX_BODY_BYTES", "20000000")]).await?;
+        TestApp::spawn(&db, &[("CHATEDGE_MAX_MEMORY_MB", "8"), ("SPIN_VARIABLE_CHAT_MAX_BODY_BYTES", "20000000")])
+            .await?;
     let user = db.user().await?;
     let big = vec![b'a'; 12 << 20];
     let trapped = host.send("POST", "/functions/v1/chat-completion", Some(&user.token), Some(big), &[]).await?;
@@ -93,7 +94,7 @@ async fn a_trapping_guest_gets_a_json_500_and_the_host_keeps_serving() -> anyhow
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let user = db.user().await?;
     // A request in flight while the signal arrives still completes.
     let base = host.base_url.clone();
@@ -122,13 +123,13 @@ async fn sigterm_drains_and_exits_cleanly() -> anyhow::Result<()> {
 }
 
 /// Opens a raw TCP connection to the host.
-async fn connect(host: &Host) -> anyhow::Result<tokio::net::TcpStream> {
+async fn connect(host: &TestApp) -> anyhow::Result<tokio::net::TcpStream> {
     let addr = host.base_url.trim_start_matches("http://").to_owned();
     Ok(tokio::net::TcpStream::connect(addr).await?)
 }
 
 /// Sends `head` on a new connection and reads the first response line (the rest is dropped).
-async fn status_line(host: &Host, head: &str) -> anyhow::Result<String> {
+async fn status_line(host: &TestApp, head: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = connect(host).await?;
     stream.write_all(head.as_bytes()).await?;
@@ -147,7 +148,7 @@ async fn status_line(host: &Host, head: &str) -> anyhow::Result<String> {
 #[tokio::test]
 async fn bodies_are_read_only_for_a_known_caller_and_within_caps() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let user = db.user().await?;
     // No token, 50 MB declared and not one byte sent: the answer comes without waiting for
     // the body (a function that read first would wait here until the test's own timeout).
@@ -189,13 +190,13 @@ async fn bodies_are_read_only_for_a_known_caller_and_within_caps() -> anyhow::Re
 #[tokio::test]
 async fn a_second_host_on_the_same_port_refuses_to_start() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let first = Host::start(&db, &[]).await?;
+    let first = TestApp::spawn(&db, &[]).await?;
     let addr = first.base_url.trim_start_matches("http://").to_owned();
     let output = tokio::process::Command::new(chatedge_tests::chatedge_bin()?)
         .args(["up", "--listen", &addr, "--manifest"])
         .arg(chatedge_tests::repo_root().join("spin.toml"))
         .env("SPIN_VARIABLE_DB_URL", db.app_url())
-        .env("SPIN_VARIABLE_DB_HOST", db.cluster.host_port())
+        .env("SPIN_VARIABLE_DB_HOST", db.host_port())
         .env("SPIN_VARIABLE_SUPABASE_JWT_SECRET", chatedge_tests::JWT_SECRET)
         .env("SPIN_VARIABLE_SANDBOX_URL", "http://127.0.0.1:9")
         .kill_on_drop(true)
@@ -216,7 +217,7 @@ async fn a_second_host_on_the_same_port_refuses_to_start() -> anyhow::Result<()>
 async fn thousands_of_slow_clients_do_not_stop_a_normal_request() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("CHATEDGE_HEADER_TIMEOUT_MS", "2000")]).await?;
+    let host = TestApp::spawn(&db, &[("CHATEDGE_HEADER_TIMEOUT_MS", "2000")]).await?;
     // 1,000 that connect and say nothing, 1,000 that trickle a request head.
     let mut idle = Vec::new();
     for _ in 0..1000 {
@@ -260,7 +261,7 @@ async fn postgres_is_reached_over_tls_in_every_mode_that_asks_for_it() -> anyhow
         let ssl: bool = client.query_one("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[]).await?.get(0);
         anyhow::Ok(ssl)
     };
-    let url = db.cluster.superuser_url();
+    let url = db.superuser_url();
     // Plain TCP is refused by this cluster (hostssl only): what connects is encrypted.
     assert!(encrypted(format!("{url}?sslmode=disable")).await.is_err(), "disable cannot connect to a TLS-only server");
     assert!(encrypted(format!("{url}?sslmode=prefer")).await?, "prefer encrypts when the server offers TLS");
@@ -275,8 +276,7 @@ async fn postgres_is_reached_over_tls_in_every_mode_that_asks_for_it() -> anyhow
     drop(admin);
     // The functions' connections (spin:postgres in the host) use TLS as well.
     let host =
-        Host::start_with_database(&db, &format!("{}?sslmode=require", db.app_url()), &db.cluster.host_port(), &[])
-            .await?;
+        TestApp::spawn_with_database(&db, &format!("{}?sslmode=require", db.app_url()), &db.host_port(), &[]).await?;
     let user = db.user().await?;
     assert_eq!(host.json("POST", PATH, &user.token, json!({"title": "over tls"})).await?.status, 201);
     let plain: i64 = db
@@ -297,9 +297,9 @@ async fn a_hostaddr_cannot_slip_past_the_outbound_allow_list() -> anyhow::Result
     let db = TestDb::start().await?;
     // Only `db.example.invalid:<port>` is allowed; the URL names it but dials 127.0.0.1, where
     // the database really is. Checking the host name alone would let it through.
-    let port = db.cluster.port;
+    let port = db.port();
     let url = db.app_url().replace("@127.0.0.1:", "@db.example.invalid:") + "?hostaddr=127.0.0.1";
-    let host = Host::start_with_database(&db, &url, &format!("db.example.invalid:{port}"), &[]).await?;
+    let host = TestApp::spawn_with_database(&db, &url, &format!("db.example.invalid:{port}"), &[]).await?;
     let user = db.user().await?;
     let r = host.get(PATH, &user.token).await?;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));

@@ -1,13 +1,13 @@
 //! Token verification through the real host: every failure is a 401 envelope.
 
-use chatedge_tests::{repo_root, token_with, Host, TestDb};
+use chatedge_tests::{repo_root, token_with, TestApp, TestDb};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const PATH: &str = "/functions/v1/conversations";
 
 fn now() -> i64 {
-    chatedge::dev::tokens::now()
+    chatedge_devstack::tokens::now()
 }
 
 fn claims(user: &uuid::Uuid) -> Value {
@@ -42,7 +42,7 @@ fn es256(claims: &Value) -> String {
 async fn every_bad_token_is_a_401_envelope() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
     let jwks = String::from_utf8(testdata("jwks.json"))?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_SUPABASE_JWKS", &jwks)]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_SUPABASE_JWKS", &jwks)]).await?;
     let user = db.user().await?;
 
     // Positive controls: the same user with a good HS256 and a good ES256 token.
@@ -112,13 +112,13 @@ async fn jwks_url_is_fetched_only_from_an_allowed_host() -> anyhow::Result<()> {
     let token = es256(&claims(&user.id));
 
     // Default policy allows only https://*.supabase.co: the fetch is denied.
-    let denied = Host::start(&db, &[("SPIN_VARIABLE_SUPABASE_JWKS_URL", &url)]).await?;
+    let denied = TestApp::spawn(&db, &[("SPIN_VARIABLE_SUPABASE_JWKS_URL", &url)]).await?;
     let r = denied.get(PATH, &token).await?;
     assert_eq!((r.status, r.error_code()), (503, "auth_keys_unavailable".to_owned()));
     assert!(denied.log().contains("denied"), "no log line for the denied request:\n{}", denied.log());
 
     let allowed_host = format!("http://127.0.0.1:{port}");
-    let allowed = Host::start(
+    let allowed = TestApp::spawn(
         &db,
         &[("SPIN_VARIABLE_SUPABASE_JWKS_URL", &url), ("SPIN_VARIABLE_JWKS_ALLOWED_HOST", &allowed_host)],
     )

@@ -3,14 +3,14 @@
 //! `./dev test` provides the runtimes (SANDBOX_PYTHON_WHEEL, SANDBOX_JS_WASM).
 
 use base64::Engine as _;
-use chatedge_tests::{chatedge_bin, Host, Reply, TestDb, User};
+use chatedge_tests::{chatedge_bin, Reply, TestApp, TestDb, User};
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;
 
 const CODE: &str = "/functions/v1/code-execution";
 
-async fn run(host: &Host, user: &User, body: Value) -> anyhow::Result<Reply> {
+async fn run(host: &TestApp, user: &User, body: Value) -> anyhow::Result<Reply> {
     host.json("POST", CODE, &user.token, body).await
 }
 
@@ -26,7 +26,7 @@ async fn rows(db: &TestDb, user: &User) -> anyhow::Result<i64> {
 #[tokio::test]
 async fn python_runs_in_the_sandbox_and_is_recorded_under_rls() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let (user, other) = (db.user().await?, db.user().await?);
     let reply = run(&host, &user, json!({"language": "python", "code": "import numpy as np, pandas as pd\nprint(int(np.arange(5).sum()), pd.Series([1, 2, 3]).mean())"})).await?;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
@@ -67,7 +67,7 @@ async fn python_runs_in_the_sandbox_and_is_recorded_under_rls() -> anyhow::Resul
 #[tokio::test]
 async fn charts_javascript_typescript_and_limits_over_http() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
     let chart = run(
         &host,
@@ -125,7 +125,7 @@ async fn charts_javascript_typescript_and_limits_over_http() -> anyhow::Result<(
 #[tokio::test]
 async fn bad_requests_get_4xx_and_record_nothing() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
     let anonymous =
         host.send("POST", CODE, None, Some(br#"{"language":"python","code":"print(1)"}"#.to_vec()), &[]).await?;
@@ -164,7 +164,7 @@ async fn bad_requests_get_4xx_and_record_nothing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_code_policy_limits_executions() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1/min:1")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1/min:1")]).await?;
     let user = db.user().await?;
     let first = run(&host, &user, json!({"language": "javascript", "code": "console.log(1)"})).await?;
     assert_eq!(first.status, 200);
@@ -180,7 +180,7 @@ async fn the_code_policy_limits_executions() -> anyhow::Result<()> {
 #[tokio::test]
 async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::Result<()> {
     let bin = chatedge_bin()?.with_file_name("sandbox");
-    let port = chatedge::dev::stack::free_port()?;
+    let port = chatedge_devstack::stack::free_port()?;
     let secret = "sandbox-test-secret";
     let mut child = tokio::process::Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -274,7 +274,7 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
 
     let db = TestDb::start().await?;
     let user = db.user().await?;
-    let forged = Host::start(
+    let forged = TestApp::spawn(
         &db,
         &[
             ("SPIN_VARIABLE_SANDBOX_URL", &base),
@@ -292,7 +292,7 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
     assert!(!body.contains("sandbox_secret") && !body.contains("signature"), "{body}");
     assert!(forged.log().lines().any(|l| l.contains(&request_id) && l.contains("sandbox_secret")), "{}", forged.log());
     child.kill().await?;
-    let down = Host::start(
+    let down = TestApp::spawn(
         &db,
         &[
             ("SPIN_VARIABLE_SANDBOX_URL", &base),
@@ -312,7 +312,7 @@ async fn the_sandbox_service_checks_signatures_and_outages_are_503() -> anyhow::
 #[tokio::test]
 async fn a_link_in_place_of_out_returns_no_host_file() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
     // The attack from the review: /out replaced by a relative link to /proc/self, and files in
     // /out that are links to host files.
@@ -336,7 +336,7 @@ async fn a_link_in_place_of_out_returns_no_host_file() -> anyhow::Result<()> {
 #[tokio::test]
 async fn deep_typescript_is_refused_and_the_host_keeps_serving() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
     let user = db.user().await?;
     // ~10 KB that used to overflow the native parser's stack and abort the whole host.
     let deep = format!("let a = {}1{};", "[".repeat(5_000), "]".repeat(5_000));
@@ -359,7 +359,7 @@ async fn deep_typescript_is_refused_and_the_host_keeps_serving() -> anyhow::Resu
 }
 
 /// The pid `chatedge up` logged for its sandbox child most recently.
-fn child_pid(host: &Host) -> Option<u32> {
+fn child_pid(host: &TestApp) -> Option<u32> {
     host.log().lines().rev().find_map(|l| {
         let rest = l.split("sandbox child started").nth(1)?;
         rest.split("pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -369,7 +369,7 @@ fn child_pid(host: &Host) -> Option<u32> {
 #[tokio::test]
 async fn the_sandbox_is_a_supervised_child_without_the_hosts_secrets() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(
+    let host = TestApp::spawn(
         &db,
         &[
             ("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000"),

@@ -1,6 +1,6 @@
 //! Conversations end to end: the real host, the real component, a real Postgres under RLS.
 
-use chatedge_tests::{Host, TestDb};
+use chatedge_tests::{TestApp, TestDb};
 use serde_json::json;
 
 const BASE: &str = "/functions/v1/conversations";
@@ -8,7 +8,7 @@ const BASE: &str = "/functions/v1/conversations";
 #[tokio::test]
 async fn create_get_list_rename_archive_delete() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let alice = db.user().await?;
 
     let created = host
@@ -73,7 +73,7 @@ async fn create_get_list_rename_archive_delete() -> anyhow::Result<()> {
 #[tokio::test]
 async fn another_users_conversation_does_not_exist_for_you() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let (alice, bob) = (db.user().await?, db.user().await?);
     let id: uuid::Uuid = host.json("POST", BASE, &alice.token, json!({"title": "private"})).await?.json()["id"]
         .as_str()
@@ -119,7 +119,7 @@ async fn another_users_conversation_does_not_exist_for_you() -> anyhow::Result<(
 #[tokio::test]
 async fn cursor_pagination_is_complete_and_ordered() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let alice = db.user().await?;
     let mut created = Vec::new();
     for i in 0..5 {
@@ -175,7 +175,7 @@ async fn cursor_pagination_is_complete_and_ordered() -> anyhow::Result<()> {
 #[tokio::test]
 async fn bad_input_is_a_400_envelope_and_writes_nothing() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[]).await?;
+    let host = TestApp::spawn(&db, &[]).await?;
     let alice = db.user().await?;
     let t = alice.token.as_str();
 

@@ -80,7 +80,7 @@ async fn the_database_function_agrees_with_the_pure_algorithm() -> anyhow::Resul
 // ------------------------------------------------------------------ through the functions
 
 use chatedge_tests::fake_llm::{self, FakeProvider};
-use chatedge_tests::{Host, Reply, JWT_SECRET};
+use chatedge_tests::{Reply, TestApp, JWT_SECRET};
 use serde_json::{json, Value};
 
 fn chat_env(fake: &FakeProvider) -> Vec<(&'static str, String)> {
@@ -115,7 +115,7 @@ async fn two_hosts_one_database_admit_exactly_fifty_of_two_hundred_chats() -> an
     let db = TestDb::start().await?;
     let env = chat_env(&fake);
     let extra = [("SPIN_VARIABLE_RATELIMIT_CHAT", "50/h:50")];
-    let hosts = [Host::start(&db, &refs(&env, &extra)).await?, Host::start(&db, &refs(&env, &extra)).await?];
+    let hosts = [TestApp::spawn(&db, &refs(&env, &extra)).await?, TestApp::spawn(&db, &refs(&env, &extra)).await?];
     let user = db.user().await?;
     let hosts = std::sync::Arc::new(hosts);
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(200));
@@ -170,8 +170,8 @@ async fn two_hosts_one_database_admit_exactly_fifty_of_two_hundred_chats() -> an
 #[tokio::test]
 async fn key_value_backend_is_exact_under_concurrency_via_compare_and_swap() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_BACKEND", "kv")]).await?;
-    let service = chatedge::dev::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_BACKEND", "kv")]).await?;
+    let service = chatedge_devstack::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
     let host = std::sync::Arc::new(host);
     let mut tasks = Vec::new();
     for _ in 0..40 {
@@ -204,9 +204,10 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
         Some(fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "ok", 3, 1))),
     )
     .await?;
-    let mut db = TestDb::start().await?;
+    // The outage stops the server: one of this test's own.
+    let mut db = TestDb::dedicated().await?;
     let env = chat_env(&fake);
-    let host = Host::start(&db, &refs(&env, &[])).await?;
+    let host = TestApp::spawn(&db, &refs(&env, &[])).await?;
     let user = db.user().await?;
 
     // GET: the caller's policies, nothing consumed.
@@ -232,7 +233,7 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
     // POST needs the service role; bad bodies are 400.
     let r = host.json("POST", "/functions/v1/rate-limit", &user.token, json!({"key": "k", "limit": "1/min"})).await?;
     assert_eq!((r.status, r.error_code()), (403, "forbidden".to_owned()));
-    let service = chatedge::dev::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
+    let service = chatedge_devstack::tokens::api_key(JWT_SECRET.as_bytes(), "service_role")?;
     for body in [json!({"key": "", "limit": "1/min"}), json!({"key": "k", "limit": "lots"}), json!({"key": "k"})] {
         let r = host.json("POST", "/functions/v1/rate-limit", &service, body.clone()).await?;
         assert_eq!(r.status, 400, "{body}");
@@ -253,7 +254,7 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
         .await?;
     let anon = chatedge_tests::token_with(json!({
         "sub": anon_id, "role": "authenticated", "aud": "authenticated", "is_anonymous": true,
-        "exp": chatedge::dev::tokens::now() + 600,
+        "exp": chatedge_devstack::tokens::now() + 600,
     }));
     let mut statuses = Vec::new();
     for _ in 0..3 {
@@ -268,15 +269,14 @@ async fn rate_limit_function_anonymous_policy_and_fail_closed() -> anyhow::Resul
     assert_eq!(statuses, vec![200, 200, 429]);
 
     // The limiter's store goes away: chat fails closed with 503, and comes back with it.
-    db.cluster.stop()?;
+    db.stop()?;
     let r = host
         .json("POST", "/functions/v1/chat-completion", &user.token, json!({"message": "hi", "stream": false}))
         .await?;
     assert_eq!((r.status, r.error_code()), (503, "rate_limiter_unavailable".to_owned()));
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(fake.received().len(), 2, "nothing reached the provider");
-    let port = db.cluster.host_port().rsplit(':').next().unwrap_or_default().parse()?;
-    db.cluster.start(port)?;
+    db.restart()?;
     let mut ok = false;
     for _ in 0..50 {
         let r = host
@@ -302,7 +302,7 @@ async fn concurrent_chats_never_spend_past_the_daily_budget() -> anyhow::Result<
     .await?;
     let db = TestDb::start().await?;
     let env = chat_env(&fake);
-    let host = Host::start(
+    let host = TestApp::spawn(
         &db,
         &refs(
             &env,
@@ -380,7 +380,7 @@ async fn concurrent_chats_never_spend_past_the_daily_budget() -> anyhow::Result<
 #[tokio::test]
 async fn looking_at_limits_is_itself_limited() -> anyhow::Result<()> {
     let db = TestDb::start().await?;
-    let host = Host::start(&db, &[("SPIN_VARIABLE_RATELIMIT_API", "3/min:3")]).await?;
+    let host = TestApp::spawn(&db, &[("SPIN_VARIABLE_RATELIMIT_API", "3/min:3")]).await?;
     let user = db.user().await?;
     let mut statuses = Vec::new();
     for _ in 0..4 {

@@ -3,7 +3,7 @@
 //! installs the pinned SDK into a virtualenv (CHATEDGE_PY_VENV).
 
 use chatedge_tests::fake_llm::{self, FakeProvider};
-use chatedge_tests::{repo_root, Host, TestDb};
+use chatedge_tests::{repo_root, TestApp, TestDb};
 use serde_json::Value;
 
 fn python() -> anyhow::Result<std::path::PathBuf> {
@@ -26,7 +26,7 @@ async fn official_openai_python_sdk_works_unmodified() -> anyhow::Result<()> {
     .await?;
     let db = TestDb::start().await?;
     let base = format!("{}/v1", fake.origin);
-    let host = Host::start(
+    let host = TestApp::spawn(
         &db,
         &[
             ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),

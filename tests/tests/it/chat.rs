@@ -2,7 +2,7 @@
 //! protocol-faithful fake providers on real sockets.
 
 use chatedge_tests::fake_llm::{self, Answer, End, FakeProvider};
-use chatedge_tests::{sse_data, sse_json, Host, TestDb, User};
+use chatedge_tests::{sse_data, sse_json, TestApp, TestDb, User};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn provider_env(provider: &str, fake: &FakeProvider) -> Vec<(String, String)> {
     ]
 }
 
-async fn start(db: &TestDb, providers: &[(&str, &FakeProvider)], extra: &[(&str, &str)]) -> anyhow::Result<Host> {
+async fn start(db: &TestDb, providers: &[(&str, &FakeProvider)], extra: &[(&str, &str)]) -> anyhow::Result<TestApp> {
     let mut env: Vec<(String, String)> = vec![
         ("SPIN_VARIABLE_PROVIDER_RETRY_BASE_MS".into(), "20".into()),
         ("SPIN_VARIABLE_PROVIDER_IDLE_TIMEOUT_MS".into(), "3000".into()),
@@ -41,10 +41,21 @@ async fn start(db: &TestDb, providers: &[(&str, &FakeProvider)], extra: &[(&str,
         env.push(((*k).into(), (*v).into()));
     }
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Host::start(db, &refs).await
+    TestApp::spawn(db, &refs).await
 }
 
-async fn chat(host: &Host, user: &User, body: Value) -> anyhow::Result<chatedge_tests::Reply> {
+/// A host whose OpenAI fake streams `words` words (`<prefix><i> `), one every `delay_ms`.
+async fn slow_stream(db: &TestDb, prefix: &str, words: u64, delay_ms: u64) -> anyhow::Result<(FakeProvider, TestApp)> {
+    let pieces: Vec<String> = (0..words).map(|i| format!("{prefix}{i} ")).collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let events = fake_llm::openai_stream("gpt-4o-mini", &refs, 5, words);
+    let answer = Answer::Stream { events, delay: Duration::from_millis(delay_ms), end: End::Finish };
+    let fake = FakeProvider::start(vec![answer], None).await?;
+    let host = start(db, &[("openai", &fake)], &[]).await?;
+    Ok((fake, host))
+}
+
+async fn chat(host: &TestApp, user: &User, body: Value) -> anyhow::Result<chatedge_tests::Reply> {
     host.json("POST", CHAT, &user.token, body).await
 }
 
@@ -476,14 +487,8 @@ async fn a_first_byte_stall_times_out_with_504() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_keeps_the_partial_and_closes_the_upstream() -> anyhow::Result<()> {
-    let pieces: Vec<String> = (0..200).map(|i| format!("w{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let events = fake_llm::openai_stream("gpt-4o-mini", &refs, 50, 200);
-    let fake =
-        FakeProvider::start(vec![Answer::Stream { events, delay: Duration::from_millis(20), end: End::Finish }], None)
-            .await?;
     let db = TestDb::start().await?;
-    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let (fake, host) = slow_stream(&db, "w", 200, 20).await?;
     let kim = db.user().await?;
     let response = host.open(CHAT, &kim.token, &json!({"message": "long story please"})).await?;
     assert_eq!(response.status(), 200);
@@ -511,7 +516,7 @@ async fn client_disconnect_mid_stream_keeps_the_partial_and_closes_the_upstream(
     let (role, text, status) = &stored[1];
     assert_eq!((role.as_str(), status.as_str()), ("assistant", "incomplete"));
     assert!(text.starts_with("w0 w1 w2 "), "{text}");
-    assert!(text.len() < pieces.concat().len());
+    assert!(!text.contains("w199 "), "the whole story arrived: {text}");
     let rows = usage(&db, &kim).await?;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].5, "incomplete");
@@ -704,14 +709,9 @@ async fn openai_compatible_routes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sigterm_lets_a_running_stream_finish() -> anyhow::Result<()> {
-    let pieces: Vec<String> = (0..30).map(|i| format!("p{i} ")).collect();
-    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
-    let events = fake_llm::openai_stream("gpt-4o-mini", &refs, 5, 30);
-    let fake =
-        FakeProvider::start(vec![Answer::Stream { events, delay: Duration::from_millis(30), end: End::Finish }], None)
-            .await?;
     let db = TestDb::start().await?;
-    let host = start(&db, &[("openai", &fake)], &[]).await?;
+    let (_fake, host) = slow_stream(&db, "p", 30, 30).await?;
+    let whole: String = (0..30).map(|i| format!("p{i} ")).collect();
     let user = db.user().await?;
     let response = host.open(CHAT, &user.token, &json!({"message": "keep going"})).await?;
     assert_eq!(response.status(), 200);
@@ -721,10 +721,10 @@ async fn sigterm_lets_a_running_stream_finish() -> anyhow::Result<()> {
     let status = host.terminate().await?;
     assert!(status.success(), "exit status {status:?}");
     let body = reader.await??;
-    assert_eq!(content_deltas(&sse_json(&body)), pieces.concat(), "the stream was cut by the shutdown");
+    assert_eq!(content_deltas(&sse_json(&body)), whole, "the stream was cut by the shutdown");
     assert_eq!(sse_data(&body).last().map(String::as_str), Some("[DONE]"));
     let stored = messages(&db, &conversation).await?;
-    assert_eq!(stored[1], ("assistant".into(), pieces.concat(), "complete".into()));
+    assert_eq!(stored[1], ("assistant".into(), whole, "complete".into()));
     Ok(())
 }
 
@@ -909,7 +909,7 @@ async fn stale_pending_rows_and_holds_are_swept() -> anyhow::Result<()> {
         ))
         .await?;
     // The host runs the sweep on its timer (every second here).
-    let _host = Host::start(&db, &[("CHATEDGE_MAINTENANCE_SECS", "1")]).await?;
+    let _host = TestApp::spawn(&db, &[("CHATEDGE_MAINTENANCE_SECS", "1")]).await?;
     let mut swept = (String::new(), -1i64);
     for _ in 0..600 {
         let status: String =

@@ -1,8 +1,8 @@
 //! file-upload end to end: the real host and component, a real Postgres under RLS and the
 //! embedded S3 protocol server (s3s, signatures verified) on a real socket.
 
-use chatedge::dev::s3::{self as s3dev, S3Dev};
-use chatedge_tests::{Host, Reply, TestDb, User};
+use chatedge_devstack::s3::{self as s3dev, S3Dev};
+use chatedge_tests::{Reply, TestApp, TestDb, User};
 use serde_json::{json, Value};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0\x4
 
 struct Stack {
     db: TestDb,
-    host: Host,
+    host: TestApp,
     root: PathBuf,
     _s3: S3Dev,
 }
@@ -32,7 +32,7 @@ async fn stack(extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
         ("SPIN_VARIABLE_RATELIMIT_UPLOAD", "1000/min:1000"),
     ];
     env.extend_from_slice(extra);
-    let host = Host::start(&db, &env).await?;
+    let host = TestApp::spawn(&db, &env).await?;
     Ok(Stack { db, host, root, _s3: s3 })
 }
 
@@ -83,12 +83,12 @@ fn multipart(boundary: &str, parts: &[Part<'_>]) -> Vec<u8> {
     body
 }
 
-async fn post_multipart(host: &Host, user: &User, body: Vec<u8>, boundary: &str) -> anyhow::Result<Reply> {
+async fn post_multipart(host: &TestApp, user: &User, body: Vec<u8>, boundary: &str) -> anyhow::Result<Reply> {
     let ct = format!("multipart/form-data; boundary={boundary}");
     host.send("POST", UPLOAD, Some(&user.token), Some(body), &[("content-type", &ct)]).await
 }
 
-async fn post_raw(host: &Host, user: &User, name: &str, ct: &str, body: &[u8]) -> anyhow::Result<Reply> {
+async fn post_raw(host: &TestApp, user: &User, name: &str, ct: &str, body: &[u8]) -> anyhow::Result<Reply> {
     host.send("POST", UPLOAD, Some(&user.token), Some(body.to_vec()), &[("content-type", ct), ("x-file-name", name)])
         .await
 }
@@ -180,7 +180,7 @@ async fn multipart_and_raw_uploads_round_trip_byte_for_byte() -> anyhow::Result<
 }
 
 /// A chunked request written by hand: no Content-Length, so only the stream tells the size.
-async fn post_chunked(host: &Host, user: &User, name: &str, total: usize) -> anyhow::Result<u16> {
+async fn post_chunked(host: &TestApp, user: &User, name: &str, total: usize) -> anyhow::Result<u16> {
     let addr = host.base_url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await?;
     let head = format!(

@@ -197,6 +197,8 @@ pub struct Cluster {
     /// Password of the `postgres` superuser.
     pub superuser_password: String,
     running: bool,
+    /// Extra `postgres` options (`-c name=value …`) for the next start.
+    server_options: String,
 }
 
 impl Cluster {
@@ -222,7 +224,21 @@ impl Cluster {
             let _ = std::fs::remove_file(&pwfile);
             result?;
         }
-        Ok(Cluster { root, bin, port: 0, superuser_password: superuser_password.to_owned(), running: false })
+        Ok(Cluster {
+            root,
+            bin,
+            port: 0,
+            superuser_password: superuser_password.to_owned(),
+            running: false,
+            server_options: String::new(),
+        })
+    }
+
+    /// Extra server options for its starts, e.g. `-c fsync=off` for a throwaway test server
+    /// (settings a crash may lose everything under: never for the dev stack's own data).
+    pub fn with_server_options(mut self, options: &str) -> Self {
+        self.server_options = options.to_owned();
+        self
     }
 
     fn usable_root(preferred: &Path) -> Result<PathBuf> {
@@ -274,7 +290,11 @@ impl Cluster {
         cmd.arg("-D").arg(self.root.join("data"));
         cmd.arg("-l").arg(self.root.join("postgres.log"));
         cmd.args(["-w", "-t", "60", "-o"]);
-        cmd.arg(format!("-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200", self.root.display()));
+        cmd.arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 {}",
+            self.root.display(),
+            self.server_options
+        ));
         cmd.arg("start");
         if let Err(e) = run(cmd, "pg_ctl start") {
             let log = std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default();
@@ -397,14 +417,14 @@ impl DevSecrets {
 /// Email of the dev stack's demo user.
 pub const DEMO_EMAIL: &str = "demo@chatedge.local";
 
-/// After migrations: lets `authenticator` log in with `password` and makes sure a user exists.
+/// After migrations, over a superuser connection: lets `authenticator` log in with `password`
+/// and makes sure a user exists.
 pub async fn prepare_database(
-    superuser_url: &str,
+    client: &tokio_postgres::Client,
     authenticator_password: &str,
     user_id: &str,
     email: &str,
 ) -> Result<()> {
-    let client = crate::pgtls::connect(superuser_url).await?;
     // Passwords cannot be bind parameters in ALTER ROLE; this one is our own hex string.
     if !authenticator_password.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("authenticator password must be hex");

