@@ -325,17 +325,20 @@ async fn invoke(
             Err(_) => Ok(true),
         }
     });
+    let failed = || {
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::InternalError,
+            "the function failed",
+            origin,
+            request_id,
+        )
+    };
     match receiver.await {
         Ok(Ok(response)) => response,
         Ok(Err(code)) => {
             tracing::error!("request {request_id}: component '{id}' answered with an error: {code:?}");
-            json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::InternalError,
-                "the function failed",
-                origin,
-                request_id,
-            )
+            failed()
         }
         Err(_) => match task.await {
             Ok(Ok(true)) => {
@@ -359,13 +362,7 @@ async fn invoke(
                     Ok(Err(e)) => tracing::error!("request {request_id}: component '{id}' trapped: {e:?}"),
                     Err(e) => tracing::error!("request {request_id}: component '{id}' task failed: {e}"),
                 }
-                json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::InternalError,
-                    "the function failed",
-                    origin,
-                    request_id,
-                )
+                failed()
             }
         },
     }

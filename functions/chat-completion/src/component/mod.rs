@@ -156,6 +156,35 @@ fn targets(req: &ChatRequest, settings: &Settings, byo_key: Option<&str>) -> Res
     Ok(out)
 }
 
+/// The caller's rate policy, before any work: anonymous sign-ins by address (they can mint new
+/// sessions at will), everyone else by user. A caller paying with their own key is also held
+/// to that key's bucket; the key adds a limit, never replaces the caller's (a fresh random key
+/// per request must not buy a fresh bucket). The verdict's headers go on the response.
+fn admit(
+    user_id: &str,
+    principal: &shared::auth::Principal,
+    client_ip: Option<&str>,
+    byo_key: Option<&str>,
+    responder: &mut Responder,
+) -> Result<(), ApiError> {
+    let (policy, subject) = match (principal.is_anonymous, client_ip) {
+        (true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
+        (true, None) => ("chat_anonymous", Subject::user(user_id)),
+        (false, _) => ("chat", Subject::user(user_id)),
+    };
+    if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
+        responder.extra = verdict.headers();
+    }
+    if let Some(key) = byo_key.filter(|k| !k.trim().is_empty()) {
+        if let Some(verdict) = limiter::enforce("chat_byok", &Subject::provider_key(key), 1)? {
+            if responder.extra.is_empty() {
+                responder.extra = verdict.headers();
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -181,25 +210,7 @@ async fn chat_route(
         Dialect::Native => request::parse_native(&incoming.body, max_body)?,
         Dialect::OpenAi => request::parse_openai(&incoming.body, max_body)?,
     };
-    // The caller's policy, before any work: anonymous sign-ins by address (they can mint new
-    // sessions at will), everyone else by user. A caller paying with their own key is also
-    // held to that key's bucket; the key adds a limit, never replaces the caller's (a fresh
-    // random key per request must not buy a fresh bucket).
-    let (policy, subject) = match (principal.is_anonymous, client_ip) {
-        (true, Some(ip)) => ("chat_anonymous", Subject::ip(ip)),
-        (true, None) => ("chat_anonymous", Subject::user(&user_id)),
-        (false, _) => ("chat", Subject::user(&user_id)),
-    };
-    if let Some(verdict) = limiter::enforce(policy, &subject, 1)? {
-        responder.extra = verdict.headers();
-    }
-    if let Some(key) = byo_key.filter(|k| !k.trim().is_empty()) {
-        if let Some(verdict) = limiter::enforce("chat_byok", &Subject::provider_key(key), 1)? {
-            if responder.extra.is_empty() {
-                responder.extra = verdict.headers();
-            }
-        }
-    }
+    admit(&user_id, &principal, client_ip, byo_key, responder)?;
     // With a spend budget every call needs an output cap, so that its cost has an upper bound.
     let caps = budget::caps()?;
     if caps.is_some() && request.max_tokens.is_none() {
