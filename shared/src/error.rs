@@ -49,6 +49,7 @@ error_codes! {
     ModelNotPriced => "model_not_priced", "400: a USD budget is on and the model has no price.";
     ModelRequired => "model_required", "400: no model named and no default configured.";
     NotFound => "not_found", "404: absent, or not the caller's.";
+    NotSupported => "not_supported", "400: the provider chosen has no such API (Anthropic has no embeddings).";
     PayloadTooLarge => "payload_too_large", "413: the body (or a field of it) is over its cap.";
     ProviderAuthFailed => "provider_auth_failed", "502: the provider refused our API key.";
     ProviderError => "provider_error", "502: the provider failed or answered something unusable.";

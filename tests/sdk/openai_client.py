@@ -50,4 +50,43 @@ try:
 except openai.AuthenticationError as e:
     out["unauthorized"] = {"status": e.status_code}
 
+# The SDK asks for base64 by default and decodes it itself; float is asked for explicitly.
+vectors = client.embeddings.create(model="text-embedding-3-small", input=["first", "second"], dimensions=3)
+out["embeddings"] = {
+    "vectors": [d.embedding for d in vectors.data],
+    "indexes": [d.index for d in vectors.data],
+    "prompt_tokens": vectors.usage.prompt_tokens,
+    "model": vectors.model,
+}
+floats = client.embeddings.create(model="text-embedding-3-small", input="one", encoding_format="float")
+out["embeddings_float"] = floats.data[0].embedding
+
+# The Responses API: the raw typed event stream, then the SDK's accumulating stream helper
+# continuing it by id (it rebuilds the response from the events and fails on a malformed
+# sequence), then the stored response read back.
+events, text, final = [], "", None
+stream = client.responses.create(model="gpt-4o-mini", input="Stream a response", instructions="Be brief", stream=True)
+for event in stream:
+    events.append(event.type)
+    if event.type == "response.output_text.delta":
+        text += event.delta
+    if event.type == "response.completed":
+        final = event.response
+out["responses_stream"] = {
+    "events": events,
+    "text": text,
+    "id": final.id,
+    "status": final.status,
+    "output_text": final.output_text,
+    "input_tokens": final.usage.input_tokens,
+    "output_tokens": final.usage.output_tokens,
+}
+with client.responses.stream(model="gpt-4o-mini", input="Again", previous_response_id=final.id) as helper:
+    for _ in helper:
+        pass
+    again = helper.get_final_response()
+out["responses_helper"] = {"id": again.id, "output_text": again.output_text, "previous_response_id": again.previous_response_id}
+got = client.responses.retrieve(again.id)
+out["responses_retrieve"] = {"id": got.id, "output_text": got.output_text, "status": got.status}
+
 print(json.dumps(out))

@@ -387,3 +387,46 @@ pub fn ok_json(body: String) -> Answer {
 pub fn stream(events: Vec<String>) -> Answer {
     Answer::Stream { events, delay: Duration::ZERO, end: End::Finish }
 }
+
+/// Deterministic test vectors: input `i` gets `dims` values `(i + 1) * 0.25 + j * 0.125`
+/// (exact in f32, so float and base64 answers compare exactly).
+pub fn test_vectors(inputs: usize, dims: usize) -> Vec<Vec<f32>> {
+    (0..inputs).map(|i| (0..dims).map(|j| (i + 1) as f32 * 0.25 + j as f32 * 0.125).collect()).collect()
+}
+
+/// OpenAI's `POST /v1/embeddings` reply as its API writes it: pretty-printed JSON, `data[]` in
+/// input order, the vectors as numbers or (`base64`) little-endian f32 bytes.
+pub fn openai_embeddings(model: &str, vectors: &[Vec<f32>], prompt: u64, base64: bool) -> String {
+    use base64::Engine as _;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let body = json!({"object": "list", "data": data, "model": model,
+                      "usage": {"prompt_tokens": prompt, "total_tokens": prompt}});
+    serde_json::to_string_pretty(&body).unwrap_or_default()
+}
+
+/// Mistral's `POST /v1/embeddings` reply: compact, with an `id`, floats only, and a usage with
+/// `completion_tokens: 0`.
+pub fn mistral_embeddings(model: &str, vectors: &[Vec<f32>], prompt: u64) -> String {
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| json!({"object": "embedding", "embedding": v, "index": index}))
+        .collect();
+    json!({
+        "id": "2f0c7b8e6d8b4f6fa7c3f1c7d3f3a6b1", "object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt, "completion_tokens": 0, "request_count": null},
+    })
+    .to_string()
+}

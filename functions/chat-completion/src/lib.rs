@@ -6,15 +6,19 @@
 //! bound), `context` (what is sent upstream and stored), `providers` (one file per provider
 //! behind one trait), `sse` (the event-stream codec), `retry` (backoff), `failure` (upstream
 //! failures as the error envelope), `accounting` (what a call is charged), `pricing` (what
-//! that costs) and `settings` (every variable, read once). `component` is the Spin component that does the I/O around them (wasm32 only).
+//! that costs) and `settings` (every variable, read once). `responses` is the Responses API
+//! over the same steps, `embeddings` is `/v1/embeddings` in the same shape. `component` is the
+//! Spin component that does the I/O around them (wasm32 only).
 
 pub mod accounting;
 pub mod context;
+pub mod embeddings;
 pub mod failure;
 pub mod plan;
 pub mod pricing;
 pub mod providers;
 pub mod request;
+pub mod responses;
 pub mod retry;
 pub mod settings;
 pub mod sse;

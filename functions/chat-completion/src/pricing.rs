@@ -72,6 +72,12 @@ pub const DEFAULT_PRICES: &[(&str, Price)] = &[
     ("open-mistral-nemo", p(0.15, 0.15, 0.15)),
     ("pixtral-large", p(2.00, 2.00, 6.00)),
     ("codestral", p(0.30, 0.30, 0.90)),
+    // Embedding models: input only.
+    ("text-embedding-3-small", p(0.02, 0.02, 0.0)),
+    ("text-embedding-3-large", p(0.13, 0.13, 0.0)),
+    ("text-embedding-ada-002", p(0.10, 0.10, 0.0)),
+    ("mistral-embed", p(0.10, 0.10, 0.0)),
+    ("codestral-embed", p(0.15, 0.15, 0.0)),
 ];
 
 /// Whether `model` is `name` itself or `name` with a snapshot suffix: `-YYYY-MM-DD`,

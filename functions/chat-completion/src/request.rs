@@ -25,6 +25,9 @@ pub enum Dialect {
     /// `POST /v1/chat/completions`: OpenAI's contract; persisted when a conversation is named or
     /// `store: true` is set.
     OpenAi,
+    /// `POST /v1/responses`: OpenAI's Responses API; stored unless `store: false`, continued
+    /// with `previous_response_id` (`crate::responses`).
+    Responses,
 }
 
 /// A validated chat request.
@@ -34,6 +37,15 @@ pub struct ChatRequest {
     pub dialect: Dialect,
     /// Conversation to continue (lowercase UUID).
     pub conversation_id: Option<String>,
+    /// Continue the conversation holding this assistant message (a Responses API
+    /// `previous_response_id`), found under RLS.
+    pub after_message: Option<String>,
+    /// The messages stored before the reply, OpenAI-shaped (user, assistant and tool turns);
+    /// `None` stores `user_text` as the one user message.
+    pub turn: Option<Vec<Value>>,
+    /// Whether `client_messages` follow the stored history (the Responses API sends only the
+    /// new turns) instead of replacing it (chat completions send the whole context).
+    pub history_then_messages: bool,
     /// Whether messages are written to a conversation (one is created when none is named).
     pub persist: bool,
     /// The user text that is stored as the new user message.
@@ -66,6 +78,9 @@ impl ChatRequest {
         ChatRequest {
             dialect,
             conversation_id: None,
+            after_message: None,
+            turn: None,
+            history_then_messages: false,
             persist: native,
             user_text: String::new(),
             client_messages: None,
@@ -77,6 +92,15 @@ impl ChatRequest {
             stream: native,
             passthrough: Map::new(),
         }
+    }
+
+    /// A request for `dialect` with the fields every chat body shares (model, provider,
+    /// temperature, max_tokens, stream, ...) read from `fields` and checked as the chat routes
+    /// check them.
+    pub fn from_shared_fields(dialect: Dialect, fields: &Map<String, Value>) -> Result<Self, ApiError> {
+        let mut req = ChatRequest::empty(dialect);
+        common_fields(fields, &mut req)?;
+        Ok(req)
     }
 }
 

@@ -24,7 +24,11 @@ fn provider_env(provider: &str, fake: &FakeProvider) -> Vec<(String, String)> {
     ]
 }
 
-async fn start(db: &TestDb, providers: &[(&str, &FakeProvider)], extra: &[(&str, &str)]) -> anyhow::Result<TestApp> {
+pub(crate) async fn start(
+    db: &TestDb,
+    providers: &[(&str, &FakeProvider)],
+    extra: &[(&str, &str)],
+) -> anyhow::Result<TestApp> {
     let mut env: Vec<(String, String)> = vec![
         ("SPIN_VARIABLE_PROVIDER_RETRY_BASE_MS".into(), "20".into()),
         ("SPIN_VARIABLE_PROVIDER_IDLE_TIMEOUT_MS".into(), "3000".into()),
@@ -71,7 +75,7 @@ async fn messages(db: &TestDb, conversation: &str) -> anyhow::Result<Vec<(String
 }
 
 /// api_usage rows of a user as (provider, model, prompt, completion, cost text, status), oldest first.
-async fn usage(db: &TestDb, user: &User) -> anyhow::Result<Vec<(String, String, i32, i32, String, String)>> {
+pub(crate) async fn usage(db: &TestDb, user: &User) -> anyhow::Result<Vec<(String, String, i32, i32, String, String)>> {
     let rows = db
         .admin()
         .await?

@@ -20,6 +20,20 @@ async fn official_openai_python_sdk_works_unmodified() -> anyhow::Result<()> {
         vec![
             fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "Hi from the SDK", 8, 4)),
             fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &["str", "eam", "ed"], 9, 3)),
+            fake_llm::ok_json(fake_llm::openai_embeddings(
+                "text-embedding-3-small",
+                &fake_llm::test_vectors(2, 3),
+                2,
+                true,
+            )),
+            fake_llm::ok_json(fake_llm::openai_embeddings(
+                "text-embedding-3-small",
+                &fake_llm::test_vectors(1, 4),
+                1,
+                true,
+            )),
+            fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &["Res", "ponse"], 11, 2)),
+            fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &["Once ", "more"], 17, 2)),
         ],
         None,
     )
@@ -32,6 +46,8 @@ async fn official_openai_python_sdk_works_unmodified() -> anyhow::Result<()> {
             ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),
             ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", &fake.origin),
             ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-test"),
+            // The script makes seven admitted calls; the default policy's burst is five.
+            ("SPIN_VARIABLE_RATELIMIT_CHAT", "600/min:20"),
         ],
     )
     .await?;
@@ -58,6 +74,20 @@ async fn official_openai_python_sdk_works_unmodified() -> anyhow::Result<()> {
     assert_eq!(out["bad_request"]["code"], "validation_failed");
     assert_eq!(out["unauthorized"]["status"], 401);
 
+    // Embeddings: the SDK's default (base64) and float both decode to the provider's vectors.
+    let expected = fake_llm::test_vectors(2, 3);
+    let vectors: Vec<Vec<f32>> = serde_json::from_value(out["embeddings"]["vectors"].clone())?;
+    assert_eq!(vectors, expected);
+    assert_eq!(out["embeddings"]["indexes"], serde_json::json!([0, 1]));
+    assert_eq!(out["embeddings"]["prompt_tokens"], 2);
+    let floats: Vec<f32> = serde_json::from_value(out["embeddings_float"].clone())?;
+    assert_eq!(floats, fake_llm::test_vectors(1, 4)[0]);
+    let asked: Vec<Value> =
+        fake.received().iter().filter(|r| r.path == "/v1/embeddings").map(|r| r.body.clone()).collect();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(asked[0]["dimensions"], 3);
+    assert_eq!(asked[0]["input"], serde_json::json!(["first", "second"]));
+
     // `store: true` (extra_body) persisted the streamed exchange in a new conversation.
     let stored: Vec<(String, String)> = db
         .admin()
@@ -71,6 +101,38 @@ async fn official_openai_python_sdk_works_unmodified() -> anyhow::Result<()> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(stored, vec![("user".into(), "Stream hi".into()), ("assistant".into(), "streamed".into())]);
+    // Responses are stored by default, continued in the same conversation.
+    assert_eq!(
+        stored,
+        vec![
+            ("user".into(), "Stream hi".into()),
+            ("assistant".into(), "streamed".into()),
+            ("user".into(), "Stream a response".into()),
+            ("assistant".into(), "Response".into()),
+            ("user".into(), "Again".into()),
+            ("assistant".into(), "Once more".into()),
+        ]
+    );
+
+    // Responses: the SDK's typed stream, its accumulating helper, and retrieve.
+    let streamed = &out["responses_stream"];
+    let kinds: Vec<&str> = streamed["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    assert_eq!(kinds.iter().filter(|k| **k == "response.output_text.delta").count(), 2);
+    assert_eq!((streamed["text"].as_str(), streamed["output_text"].as_str()), (Some("Response"), Some("Response")));
+    assert_eq!((streamed["input_tokens"].as_u64(), streamed["output_tokens"].as_u64()), (Some(11), Some(2)));
+    assert_eq!(out["responses_helper"]["output_text"], "Once more");
+    assert_eq!(out["responses_helper"]["previous_response_id"], streamed["id"]);
+    assert_eq!(out["responses_retrieve"]["id"], out["responses_helper"]["id"]);
+    assert_eq!(out["responses_retrieve"]["output_text"], "Once more");
+    assert_eq!(out["responses_retrieve"]["status"], "completed");
+    let asked: Vec<Value> =
+        fake.received().iter().filter(|r| r.path == "/v1/chat/completions").map(|r| r.body.clone()).collect();
+    assert_eq!(
+        asked[asked.len() - 1]["messages"],
+        serde_json::json!([{"role": "user", "content": "Stream a response"}, {"role": "assistant", "content": "Response"},
+                           {"role": "user", "content": "Again"}])
+    );
     Ok(())
 }

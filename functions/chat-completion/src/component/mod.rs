@@ -1,4 +1,5 @@
-//! `POST /functions/v1/chat-completion`, `POST /v1/chat/completions`, `GET /v1/models`.
+//! `POST /functions/v1/chat-completion`, `POST /v1/chat/completions`, `POST /v1/responses`,
+//! `GET /v1/responses/{id}`, `POST /v1/embeddings`, `GET /v1/models`.
 //!
 //! parse -> authenticate -> choose provider -> persist the user message (and a pending assistant
 //! row) -> call the provider with timeouts, retries and fallbacks -> stream OpenAI-format chunks
@@ -9,6 +10,8 @@
 
 mod attempts;
 mod call;
+mod embed;
+mod responses_get;
 mod store;
 mod stream;
 mod whole;
@@ -90,8 +93,31 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
             )
             .await
         }
+        (true, "/responses", Method::Post) => {
+            chat_route(
+                req,
+                incoming,
+                &settings,
+                Dialect::Responses,
+                byo_key.as_deref(),
+                client_ip.as_deref(),
+                &mut responder,
+            )
+            .await
+        }
+        (true, path, Method::Get) if path.starts_with("/responses/") => {
+            responses_get::get_response(&incoming, &path["/responses/".len()..]).map(|v| Some((200, v)))
+        }
+        (true, path, _) if path.starts_with("/responses/") => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        (true, "/embeddings", Method::Post) => {
+            embed::embeddings_route(req, incoming, &settings, byo_key.as_deref(), client_ip.as_deref(), &mut responder)
+                .await
+                .map(Some)
+        }
         (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
-        (true, "/chat/completions", _) | (false, "" | "/", _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
+        (true, "/chat/completions" | "/embeddings" | "/responses", _) | (false, "" | "/", _) => {
+            Err(ApiError::method_not_allowed("POST, OPTIONS"))
+        }
         _ => Err(ApiError::not_found("route")),
     };
     match result {
@@ -206,9 +232,13 @@ async fn chat_route(
     // Who is calling first, from the head alone; only then the body, capped.
     let (user_id, principal) = require_user(&incoming)?;
     incoming.body = shared::spin::read_body(req, incoming.content_length, max_body).await?;
-    let mut request = match dialect {
-        Dialect::Native => request::parse_native(&incoming.body, max_body)?,
-        Dialect::OpenAi => request::parse_openai(&incoming.body, max_body)?,
+    let (mut request, echo) = match dialect {
+        Dialect::Native => (request::parse_native(&incoming.body, max_body)?, None),
+        Dialect::OpenAi => (request::parse_openai(&incoming.body, max_body)?, None),
+        Dialect::Responses => {
+            let parsed = crate::responses::parse(&incoming.body, max_body)?;
+            (parsed.chat, Some(parsed.echo))
+        }
     };
     admit(&user_id, &principal, client_ip, byo_key, responder)?;
     // With a spend budget every call needs an output cap, so that its cost has an upper bound.
@@ -232,6 +262,8 @@ async fn chat_route(
         let first = &targets[0];
         let (open, sp, h) =
             store::open_exchange(&principal, &request, first.config.provider, &first.model, context_len)?;
+        // A response's instructions are its own: a previous response's do not carry over.
+        let sp = if dialect == Dialect::Responses { request.system_prompt.clone() } else { sp };
         (Some(open), sp, h)
     } else {
         (None, request.system_prompt.clone(), Vec::new())
@@ -293,10 +325,28 @@ async fn chat_route(
             return Err(call.label_error(error));
         }
     };
-    if request.stream {
-        stream::stream_reply(&mut call, target, response, responder).await;
-        Ok(None)
-    } else {
-        whole::whole_reply(&mut call, target, response).await.map(Some)
+    // A response is named by its stored assistant message (how `previous_response_id` finds it).
+    let response_id = match &call.persisted {
+        Some(p) => crate::responses::response_id(&p.assistant_message_id),
+        None => format!("resp_{}", outbound::random_id()),
+    };
+    match (request.stream, echo) {
+        (true, None) => {
+            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Chat).await;
+            Ok(None)
+        }
+        (true, Some(echo)) => {
+            let writer = crate::responses::StreamWriter::new(&response_id, now_unix(), &target.model, &echo);
+            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Responses(Box::new(writer)))
+                .await;
+            Ok(None)
+        }
+        (false, None) => whole::whole_reply(&mut call, target, response).await.map(|(c, _)| Some((200, c))),
+        (false, Some(echo)) => {
+            let (completion, usage) = whole::whole_reply(&mut call, target, response).await?;
+            let mut out = crate::responses::from_completion(&response_id, now_unix(), &echo, &completion, usage);
+            out["chatedge"] = completion["chatedge"].clone();
+            Ok(Some((200, out)))
+        }
     }
 }

@@ -72,9 +72,10 @@ fn field(v: &Value, key: &str) -> Result<String, ApiError> {
 }
 
 const HISTORY: &str = "coalesce((select json_agg(json_build_object('role', h.role, 'content', h.content, \
-     'tool_calls', h.tool_calls) order by h.created_at, h.id) \
-     from (select m.role, m.content, m.tool_calls, m.created_at, m.id from public.messages m \
-           where m.conversation_id = c.id and m.role in ('user', 'assistant') \
+     'tool_calls', h.tool_calls, 'tool_call_id', h.tool_call_id) order by h.created_at, h.id) \
+     from (select m.role, m.content, m.tool_calls, m.metadata->>'tool_call_id' as tool_call_id, m.created_at, m.id \
+           from public.messages m \
+           where m.conversation_id = c.id and m.role in ('user', 'assistant', 'tool') \
              and m.status in ('complete', 'incomplete') and (m.content <> '' or m.tool_calls is not null) \
            order by m.created_at desc, m.id desc limit $2) h), '[]'::json)";
 
@@ -107,6 +108,17 @@ pub fn open_exchange(
                 &[uuid(id), ParameterValue::Int64(context_len as i64)],
             )?
             .ok_or_else(|| ApiError::not_found("conversation"))?,
+        // The conversation of a previous response (an assistant message the caller can see).
+        None if request.after_message.is_some() => tx
+            .query_json(
+                &format!(
+                    "select (select json_build_object('id', c.id, 'system_prompt', c.system_prompt, 'history', {HISTORY})::text \
+                     from public.conversations c where c.id = \
+                       (select m.conversation_id from public.messages m where m.id = $1 and m.role = 'assistant'))"
+                ),
+                &[uuid(request.after_message.as_deref().unwrap_or_default()), ParameterValue::Int64(context_len as i64)],
+            )?
+            .ok_or_else(|| ApiError::not_found("response"))?,
         None => tx
             .query_json(
                 "insert into public.conversations (user_id, title, provider, model, temperature, max_tokens, system_prompt) \
@@ -136,6 +148,7 @@ pub fn open_exchange(
             role: m["role"].as_str().unwrap_or("user").to_owned(),
             content: m["content"].as_str().unwrap_or_default().to_owned(),
             tool_calls: Some(m["tool_calls"].clone()).filter(|t| !t.is_null()),
+            tool_call_id: m["tool_call_id"].as_str().map(str::to_owned),
         })
         .collect();
     Ok((OpenExchange { tx, conversation_id }, system_prompt, history))
@@ -159,23 +172,32 @@ impl OpenExchange {
         Ok(reserved)
     }
 
-    /// Stores the user message and a pending assistant row, and commits: once this returns the
-    /// user's message is durable.
+    /// Stores the turn (the user message, or the Responses API's new turns) and a pending
+    /// assistant row, and commits: once this returns the user's message is durable.
     pub fn store_messages(self, request: &ChatRequest, provider: Provider, model: &str) -> Result<Persisted, ApiError> {
         let conversation_id = self.conversation_id;
         let mut tx = self.tx;
-        // clock_timestamp(): both rows are in one transaction, where now() would tie them.
+        let rows = turn_rows(request);
+        // One clock reading, each row a microsecond after the one before and the assistant row
+        // last: rows of one transaction would all tie under now().
         let ids = tx
         .query_json(
-            "with u as (insert into public.messages (conversation_id, user_id, role, content, created_at) \
-                        values ($1, auth.uid(), 'user', $2, clock_timestamp()) returning id), \
+            "with t0 as (select clock_timestamp() as ts), \
+                  r as (select x.role, x.content, x.tool_calls, x.metadata, e.n \
+                        from jsonb_array_elements($2) with ordinality as e(row, n), \
+                             jsonb_to_record(e.row) as x(role text, content text, tool_calls jsonb, metadata jsonb)), \
+                  u as (insert into public.messages (conversation_id, user_id, role, content, tool_calls, metadata, created_at) \
+                        select $1, auth.uid(), r.role, r.content, r.tool_calls, r.metadata, t0.ts + r.n * interval '1 microsecond' \
+                        from r, t0 returning id, created_at), \
                   a as (insert into public.messages (conversation_id, user_id, role, content, status, provider, model, created_at) \
-                        values ($1, auth.uid(), 'assistant', '', 'pending', $3, $4, clock_timestamp() + interval '1 microsecond') returning id), \
+                        select $1, auth.uid(), 'assistant', '', 'pending', $3, $4, \
+                          t0.ts + ((select count(*) from r) + 1) * interval '1 microsecond' from t0 returning id), \
                   t as (update public.conversations set updated_at = now() where id = $1 returning id) \
-             select json_build_object('user_message_id', (select id from u), 'assistant_message_id', (select id from a))::text",
+             select json_build_object('user_message_id', (select id from u order by created_at desc limit 1), \
+                                      'assistant_message_id', (select id from a))::text",
             &[
                 uuid(&conversation_id),
-                ParameterValue::Str(request.user_text.clone()),
+                ParameterValue::Jsonb(storable_json(Value::Array(rows)).to_string().into_bytes()),
                 ParameterValue::Str(provider.name().to_owned()),
                 ParameterValue::Str(model.to_owned()),
             ],
@@ -191,6 +213,26 @@ impl OpenExchange {
         tx.commit()?;
         Ok(persisted)
     }
+}
+
+/// The rows of a turn as `store_messages` inserts them: role, text, tool calls, and for a
+/// tool result the call it answers (in `metadata.tool_call_id`, which the history reads back).
+fn turn_rows(request: &ChatRequest) -> Vec<Value> {
+    let Some(turn) = &request.turn else {
+        return vec![json!({"role": "user", "content": request.user_text, "tool_calls": null, "metadata": null})];
+    };
+    turn.iter()
+        .map(|m| {
+            let calls = m["tool_calls"].as_array().filter(|c| !c.is_empty()).map(|c| Value::Array(c.clone()));
+            let metadata = m["tool_call_id"].as_str().map(|id| json!({"tool_call_id": id}));
+            json!({
+                "role": m["role"],
+                "content": crate::providers::text_of(&m["content"]),
+                "tool_calls": calls,
+                "metadata": metadata,
+            })
+        })
+        .collect()
 }
 
 /// A USD amount as the `numeric(14, 8)` columns take it (a decimal, typed as Spin's driver

@@ -1,11 +1,13 @@
 //! The reply as a stream: the provider's events translated chunk for chunk, then the usage chunk
 //! with the `chatedge` extension and `[DONE]`; a stream cut or failed mid-way ends with an
-//! OpenAI-shaped error event and keeps what came.
+//! OpenAI-shaped error event and keeps what came. The Responses API gets the same chunks
+//! rewritten as its typed events ([`Shape::Responses`]).
 
 use super::call::{Call, Outcome};
 use super::{ms_since, now_unix, Target};
 use crate::failure::stream_error_event;
 use crate::providers::{self, StreamItem, StreamTranslator};
+use crate::responses::{Ending, StreamWriter};
 use crate::sse;
 use futures::SinkExt;
 use shared::outbound;
@@ -19,11 +21,20 @@ enum StreamEnd {
     Cut(String),
 }
 
+/// What the client's stream speaks.
+pub(crate) enum Shape {
+    /// Chat completion chunks (`data:` lines, `[DONE]`).
+    Chat,
+    /// The Responses API's typed events.
+    Responses(Box<StreamWriter>),
+}
+
 pub(crate) async fn stream_reply(
     call: &mut Call,
     target: &Target,
     mut response: outbound::Response,
     responder: &mut Responder,
+    mut shape: Shape,
 ) {
     let provider = target.config.provider;
     let mut headers = vec![
@@ -42,53 +53,65 @@ pub(crate) async fn stream_reply(
     let mut translator = StreamTranslator::new(provider, id, target.model.clone(), now_unix());
     let mut parser = sse::Parser::new();
     let mut ttft: Option<i64> = None;
-    let end = loop {
-        if call.remaining().is_zero() {
-            break StreamEnd::Cut("the total deadline passed".into());
-        }
-        let chunk = match response.chunk().await {
-            None => {
-                // Some servers close without a terminator once the finish reason is out.
-                if translator.reply.finish_reason.is_some() {
-                    break StreamEnd::Done;
-                }
-                break StreamEnd::Cut("the provider closed the stream early".into());
+    // The Responses API opens with `response.created` before the provider says anything.
+    let opened = match &mut shape {
+        Shape::Chat => true,
+        Shape::Responses(writer) => sink.send(writer.start()).await.is_ok(),
+    };
+    let end = if !opened {
+        StreamEnd::ClientGone
+    } else {
+        loop {
+            if call.remaining().is_zero() {
+                break StreamEnd::Cut("the total deadline passed".into());
             }
-            Some(Err(e)) => break StreamEnd::Cut(format!("the provider stream failed: {e}")),
-            Some(Ok(c)) => c,
-        };
-        let events = match parser.feed(&chunk) {
-            Ok(ev) => ev,
-            Err(e) => break StreamEnd::Cut(format!("malformed event stream: {e}")),
-        };
-        // Everything one upstream read produced goes out as one write (one flush through the host).
-        let mut out = Vec::new();
-        let mut stop = None;
-        'events: for event in events {
-            for item in translator.event(event.event.as_deref(), &event.data) {
-                match item {
-                    StreamItem::Chunk(v) => {
-                        if ttft.is_none() {
-                            ttft = Some(ms_since(call.started_ns));
+            let chunk = match response.chunk().await {
+                None => {
+                    // Some servers close without a terminator once the finish reason is out.
+                    if translator.reply.finish_reason.is_some() {
+                        break StreamEnd::Done;
+                    }
+                    break StreamEnd::Cut("the provider closed the stream early".into());
+                }
+                Some(Err(e)) => break StreamEnd::Cut(format!("the provider stream failed: {e}")),
+                Some(Ok(c)) => c,
+            };
+            let events = match parser.feed(&chunk) {
+                Ok(ev) => ev,
+                Err(e) => break StreamEnd::Cut(format!("malformed event stream: {e}")),
+            };
+            // Everything one upstream read produced goes out as one write (one flush through the host).
+            let mut out = Vec::new();
+            let mut stop = None;
+            'events: for event in events {
+                for item in translator.event(event.event.as_deref(), &event.data) {
+                    match item {
+                        StreamItem::Chunk(v) => {
+                            if ttft.is_none() {
+                                ttft = Some(ms_since(call.started_ns));
+                            }
+                            match &mut shape {
+                                Shape::Chat => out.extend(sse::data_event(&v.to_string())),
+                                Shape::Responses(writer) => out.extend(writer.chunk(&v)),
+                            }
                         }
-                        out.extend(sse::data_event(&v.to_string()));
-                    }
-                    StreamItem::Error(e) => {
-                        stop = Some(StreamEnd::UpstreamError(e));
-                        break 'events;
-                    }
-                    StreamItem::Done => {
-                        stop = Some(StreamEnd::Done);
-                        break 'events;
+                        StreamItem::Error(e) => {
+                            stop = Some(StreamEnd::UpstreamError(e));
+                            break 'events;
+                        }
+                        StreamItem::Done => {
+                            stop = Some(StreamEnd::Done);
+                            break 'events;
+                        }
                     }
                 }
             }
-        }
-        if !out.is_empty() && sink.send(out).await.is_err() {
-            break StreamEnd::ClientGone;
-        }
-        if let Some(stop) = stop {
-            break stop;
+            if !out.is_empty() && sink.send(out).await.is_err() {
+                break StreamEnd::ClientGone;
+            }
+            if let Some(stop) = stop {
+                break stop;
+            }
         }
     };
     // Closes the upstream connection whatever happened (a disconnected client stops the spend).
@@ -113,15 +136,36 @@ pub(crate) async fn stream_reply(
         return;
     }
     let mut tail = Vec::new();
+    let cut_code = |m: &str| {
+        if m.contains("deadline") || m.contains("imeout") {
+            "provider_timeout"
+        } else {
+            "provider_stream_cut"
+        }
+    };
+    if let Shape::Responses(writer) = &mut shape {
+        let ending = match &end {
+            StreamEnd::UpstreamError(e) => Ending::Failed {
+                code: e.code.clone().unwrap_or_else(|| "server_error".into()),
+                message: e.message.clone(),
+            },
+            StreamEnd::Cut(m) => Ending::Failed {
+                code: cut_code(m).into(),
+                message: format!("{} stream interrupted: {m}", provider.name()),
+            },
+            StreamEnd::Done | StreamEnd::ClientGone => writer.natural_ending(),
+        };
+        tail.extend(writer.finish(&ending, usage, call.extension(cost, estimated, provider)));
+        let _ = sink.send(tail).await;
+        return;
+    }
     match &end {
         StreamEnd::UpstreamError(e) => {
             tail.extend(sse::data_event(&e.to_json().to_string()));
         }
         StreamEnd::Cut(m) => {
-            let code =
-                if m.contains("deadline") || m.contains("imeout") { "provider_timeout" } else { "provider_stream_cut" };
             let message = format!("{} stream interrupted: {m}", provider.name());
-            tail.extend(sse::data_event(&stream_error_event(&message, "server_error", code).to_string()));
+            tail.extend(sse::data_event(&stream_error_event(&message, "server_error", cut_code(m)).to_string()));
         }
         StreamEnd::Done | StreamEnd::ClientGone => {}
     }

@@ -4,7 +4,7 @@
 use super::call::{Call, Outcome};
 use super::{ms_since, now_unix, Target, MAX_COMPLETION_BODY};
 use crate::failure::CallFailure;
-use crate::providers;
+use crate::providers::{self, Usage};
 use serde_json::Value;
 use shared::outbound;
 use shared::ApiError;
@@ -14,7 +14,7 @@ pub(crate) async fn whole_reply(
     call: &mut Call,
     target: &Target,
     mut response: outbound::Response,
-) -> Result<(u16, Value), ApiError> {
+) -> Result<(Value, Usage), ApiError> {
     let provider = target.config.provider;
     let body = match response.read_to_end(MAX_COMPLETION_BODY).await {
         Ok(b) => b,
@@ -33,7 +33,7 @@ pub(crate) async fn whole_reply(
             let tool_calls = message["tool_calls"].as_array().cloned().unwrap_or_default();
             let model = completion["model"].as_str().unwrap_or(&target.model).to_owned();
             let ttft = ms_since(call.started_ns);
-            let (_, cost, estimated) = call.finish(Outcome {
+            let (charged, cost, estimated) = call.finish(Outcome {
                 status: "complete",
                 text,
                 tool_calls,
@@ -44,7 +44,7 @@ pub(crate) async fn whole_reply(
                 ttft_ms: Some(ttft),
             });
             completion["chatedge"] = call.extension(cost, estimated, provider);
-            Ok((200, completion))
+            Ok((completion, charged))
         }
         Err(e) => {
             let error = ApiError::new(502, ErrorCode::ProviderError, format!("{}: {}", provider.name(), e.message))

@@ -48,6 +48,15 @@ impl ProviderApi for Anthropic {
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
         Box::new(Decoder::default())
     }
+    fn embeddings_request(
+        &self,
+        _base_url: &str,
+        _api_key: &str,
+        _request: &crate::embeddings::EmbeddingsRequest,
+    ) -> Option<UpstreamRequest> {
+        // Anthropic has no embeddings API (it points to Voyage AI).
+        None
+    }
     fn completion(&self, body: &Value, created: i64) -> (Value, Usage) {
         let message = Message::deserialize(body).unwrap_or_default();
         let mut text = String::new();

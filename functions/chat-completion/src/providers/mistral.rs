@@ -1,7 +1,9 @@
 //! Mistral's chat API: OpenAI-shaped, but it refuses `stream_options` and puts the usage on its
 //! last content chunk instead of a usage-only one (the pass-through moves it to the closing chunk).
 
-use super::ProviderApi;
+use super::{ProviderApi, UpstreamRequest};
+use crate::embeddings::EmbeddingsRequest;
+use serde_json::json;
 
 /// api.mistral.ai.
 pub struct Mistral;
@@ -28,6 +30,24 @@ impl ProviderApi for Mistral {
         // Mistral refuses `stream_options`; its usage comes on the last content chunk anyway.
         false
     }
+    fn embeddings_request(
+        &self,
+        base_url: &str,
+        api_key: &str,
+        request: &EmbeddingsRequest,
+    ) -> Option<UpstreamRequest> {
+        // Mistral's embeddings take `output_dimension` (codestral-embed), not `dimensions`,
+        // and answer floats.
+        let mut body = json!({"model": request.model, "input": request.input.to_json()});
+        if let Some(d) = request.dimensions {
+            body["output_dimension"] = json!(d);
+        }
+        let headers = vec![
+            ("content-type".into(), "application/json".into()),
+            ("authorization".into(), format!("Bearer {api_key}")),
+        ];
+        Some(UpstreamRequest { url: format!("{base_url}/embeddings"), headers, body })
+    }
 }
 
 #[cfg(test)]
@@ -44,6 +64,14 @@ mod tests {
         let chunks = chunks(&items);
         assert!(chunks[1].get("usage").is_none(), "usage moves to the closing chunk");
         assert_eq!(reply.usage_chunk()["usage"]["total_tokens"], 10);
+    }
+
+    #[test]
+    fn embeddings_name_dimensions_as_mistral_does() {
+        let req = crate::embeddings::parse(br#"{"model":"codestral-embed","input":["a"],"dimensions":256}"#).unwrap();
+        let up = super::super::embeddings_request(Provider::MISTRAL, "https://api.mistral.ai/v1/", "k", &req).unwrap();
+        assert_eq!(up.url, "https://api.mistral.ai/v1/embeddings");
+        assert_eq!(up.body, json!({"model": "codestral-embed", "input": ["a"], "output_dimension": 256}));
     }
 
     #[test]

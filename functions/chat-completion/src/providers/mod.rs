@@ -15,6 +15,7 @@ mod example;
 mod mistral;
 mod openai;
 
+use crate::embeddings::EmbeddingsRequest;
 use serde_json::{json, Value};
 use std::fmt;
 
@@ -56,6 +57,17 @@ pub trait ProviderApi: Sync {
     /// bodies were already taken out by [`completion`].
     fn completion(&self, body: &Value, _created: i64) -> (Value, Usage) {
         openai::pass_through_completion(body)
+    }
+    /// The upstream request for `POST /v1/embeddings`, or `None` when the provider has no
+    /// embeddings API. By default OpenAI's `/embeddings` asking for floats (`openai.rs`); the
+    /// reply is read by [`crate::embeddings::read_reply`] whichever encoding comes back.
+    fn embeddings_request(
+        &self,
+        base_url: &str,
+        api_key: &str,
+        request: &EmbeddingsRequest,
+    ) -> Option<UpstreamRequest> {
+        Some(openai::embeddings_request(base_url, api_key, request, "float"))
     }
 }
 
@@ -167,6 +179,16 @@ pub fn upstream_request(
     stream: bool,
 ) -> UpstreamRequest {
     provider.0.request(base_url.trim_end_matches('/'), api_key, request, stream)
+}
+
+/// Builds `provider`'s embeddings request; `None` when it has no embeddings API.
+pub fn embeddings_request(
+    provider: Provider,
+    base_url: &str,
+    api_key: &str,
+    request: &EmbeddingsRequest,
+) -> Option<UpstreamRequest> {
+    provider.0.embeddings_request(base_url.trim_end_matches('/'), api_key, request)
 }
 
 /// Text of OpenAI message content (a string, or the text parts of an array), for providers

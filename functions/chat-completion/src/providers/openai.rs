@@ -6,6 +6,7 @@
 //! provider names itself and nothing more.
 
 use super::{ProviderApi, Reply, StreamDecoder, StreamItem, UpstreamRequest, Usage};
+use crate::embeddings::EmbeddingsRequest;
 use serde_json::{json, Value};
 
 /// api.openai.com.
@@ -25,8 +26,42 @@ impl ProviderApi for OpenAi {
         "gpt-4o-mini"
     }
     fn owns_model(&self, model: &str) -> bool {
-        ["gpt-", "o1", "o3", "o4", "chatgpt-"].iter().any(|p| model.starts_with(p))
+        ["gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-"].iter().any(|p| model.starts_with(p))
     }
+    fn embeddings_request(
+        &self,
+        base_url: &str,
+        api_key: &str,
+        request: &EmbeddingsRequest,
+    ) -> Option<UpstreamRequest> {
+        // OpenAI's base64 is a quarter of the bytes of its JSON floats, and faster to read.
+        Some(embeddings_request(base_url, api_key, request, "base64"))
+    }
+}
+
+/// `POST {base}/embeddings`: model, input, dimensions and user as given, vectors in `encoding`.
+pub(super) fn embeddings_request(
+    base_url: &str,
+    api_key: &str,
+    request: &EmbeddingsRequest,
+    encoding: &str,
+) -> UpstreamRequest {
+    let mut body = json!({"model": request.model, "input": request.input.to_json(), "encoding_format": encoding});
+    if let Some(d) = request.dimensions {
+        body["dimensions"] = json!(d);
+    }
+    if let Some(user) = &request.user {
+        body["user"] = json!(user);
+    }
+    UpstreamRequest { url: format!("{base_url}/embeddings"), headers: bearer_headers(api_key), body }
+}
+
+fn bearer_headers(api_key: &str) -> Vec<(String, String)> {
+    let mut headers = vec![("content-type".into(), "application/json".into())];
+    if !api_key.is_empty() {
+        headers.push(("authorization".into(), format!("Bearer {api_key}")));
+    }
+    headers
 }
 
 /// `POST {base}/chat/completions` with the body as given plus `stream`; `include_usage` asks for
@@ -47,11 +82,11 @@ pub(super) fn chat_completions_request(
     } else {
         body.remove("stream_options");
     }
-    let mut headers = vec![("content-type".into(), "application/json".into())];
-    if !api_key.is_empty() {
-        headers.push(("authorization".into(), format!("Bearer {api_key}")));
+    UpstreamRequest {
+        url: format!("{base_url}/chat/completions"),
+        headers: bearer_headers(api_key),
+        body: Value::Object(body),
     }
-    UpstreamRequest { url: format!("{base_url}/chat/completions"), headers, body: Value::Object(body) }
 }
 
 /// OpenAI's `usage` object, when the value is one.
