@@ -275,6 +275,48 @@ pub fn openai_stream(model: &str, pieces: &[&str], prompt: u64, completion: u64)
     out
 }
 
+/// An OpenAI stream of a turn that says `text` and then calls one function, its arguments
+/// arriving in `argument_pieces` as OpenAI splits them; finish `tool_calls`, usage, `[DONE]`.
+pub fn openai_tool_stream(
+    model: &str,
+    text: &str,
+    call_id: &str,
+    name: &str,
+    argument_pieces: &[&str],
+    prompt: u64,
+    completion: u64,
+) -> Vec<String> {
+    let id = "chatcmpl-ToolFake";
+    let mut out =
+        vec![data(&openai_chunk(id, model, json!({"role": "assistant", "content": "", "refusal": null}), None))];
+    out.push(data(&openai_chunk(id, model, json!({"content": text}), None)));
+    out.push(data(&openai_chunk(
+        id,
+        model,
+        json!({"tool_calls": [{"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+        None,
+    )));
+    for piece in argument_pieces {
+        out.push(data(&openai_chunk(
+            id,
+            model,
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        )));
+    }
+    out.push(data(&openai_chunk(id, model, json!({}), Some("tool_calls"))));
+    out.push(data(&json!({
+        "id": id, "object": "chat.completion.chunk", "created": 1_731_000_000, "model": model,
+        "service_tier": "default", "system_fingerprint": "fp_f85bea6784", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+    })));
+    out.push(DONE.to_owned());
+    out
+}
+
 /// OpenAI's non-streaming `chat.completion`.
 pub fn openai_completion(model: &str, text: &str, prompt: u64, completion: u64) -> String {
     json!({

@@ -7,10 +7,11 @@
 //! behind one trait), `sse` (the event-stream codec), `retry` (backoff), `failure` (upstream
 //! failures as the error envelope), `accounting` (what a call is charged), `pricing` (what
 //! that costs) and `settings` (every variable, read once). `responses` is the Responses API
-//! over the same steps, `embeddings` is `/v1/embeddings` in the same shape. `component` is the
+//! over the same steps, `anthropic_messages` Anthropic's Messages API over them, `embeddings` is `/v1/embeddings` in the same shape. `component` is the
 //! Spin component that does the I/O around them (wasm32 only).
 
 pub mod accounting;
+pub mod anthropic_messages;
 pub mod context;
 pub mod embeddings;
 pub mod failure;

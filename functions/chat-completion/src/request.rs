@@ -28,6 +28,9 @@ pub enum Dialect {
     /// `POST /v1/responses`: OpenAI's Responses API; stored unless `store: false`, continued
     /// with `previous_response_id` (`crate::responses`).
     Responses,
+    /// `POST /v1/messages`: Anthropic's Messages API; persisted when a conversation is named
+    /// (`crate::anthropic_messages`).
+    Messages,
 }
 
 /// A validated chat request.

@@ -2,6 +2,7 @@
 //! databases are cloned from a migrated template; see `chatedge_tests::TestDb`). Each module is
 //! one area; run one with `cargo test -p chatedge-tests --test it <module>::`.
 
+mod anthropic_sdk;
 mod auth;
 mod chat;
 mod code;
@@ -10,6 +11,7 @@ mod conversations;
 mod embeddings;
 mod host;
 mod manifest;
+mod messages;
 mod openai_sdk;
 mod pg_types;
 mod ratelimit;

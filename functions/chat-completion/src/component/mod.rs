@@ -1,5 +1,5 @@
 //! `POST /functions/v1/chat-completion`, `POST /v1/chat/completions`, `POST /v1/responses`,
-//! `GET /v1/responses/{id}`, `POST /v1/embeddings`, `GET /v1/models`.
+//! `GET /v1/responses/{id}`, `POST /v1/messages`, `POST /v1/embeddings`, `GET /v1/models`.
 //!
 //! parse -> authenticate -> choose provider -> persist the user message (and a pending assistant
 //! row) -> call the provider with timeouts, retries and fallbacks -> stream OpenAI-format chunks
@@ -48,7 +48,12 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let path_info = header("spin-path-info").filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_owned());
     let byo_key = header("x-provider-api-key");
     let method = req.method();
-    let incoming = Incoming::from_head(&req);
+    let mut incoming = Incoming::from_head(&req);
+    // Anthropic's SDKs send their key as `x-api-key`: on the Messages route that is the JWT.
+    if matched.starts_with("/v1") && path_info.trim_end_matches('/') == "/messages" && incoming.authorization.is_none()
+    {
+        incoming.authorization = header("x-api-key").map(|k| format!("Bearer {}", k.trim()));
+    }
     let mut responder = Responder::new(out, origin);
     responder.request_id = incoming.request_id.clone();
     // A preflight needs no settings.
@@ -109,13 +114,25 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
             responses_get::get_response(&incoming, &path["/responses/".len()..]).map(|v| Some((200, v)))
         }
         (true, path, _) if path.starts_with("/responses/") => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        (true, "/messages", Method::Post) => {
+            chat_route(
+                req,
+                incoming,
+                &settings,
+                Dialect::Messages,
+                byo_key.as_deref(),
+                client_ip.as_deref(),
+                &mut responder,
+            )
+            .await
+        }
         (true, "/embeddings", Method::Post) => {
             embed::embeddings_route(req, incoming, &settings, byo_key.as_deref(), client_ip.as_deref(), &mut responder)
                 .await
                 .map(Some)
         }
         (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
-        (true, "/chat/completions" | "/embeddings" | "/responses", _) | (false, "" | "/", _) => {
+        (true, "/chat/completions" | "/embeddings" | "/responses" | "/messages", _) | (false, "" | "/", _) => {
             Err(ApiError::method_not_allowed("POST, OPTIONS"))
         }
         _ => Err(ApiError::not_found("route")),
@@ -239,6 +256,7 @@ async fn chat_route(
             let parsed = crate::responses::parse(&incoming.body, max_body)?;
             (parsed.chat, Some(parsed.echo))
         }
+        Dialect::Messages => (crate::anthropic_messages::parse(&incoming.body, max_body)?, None),
     };
     admit(&user_id, &principal, client_ip, byo_key, responder)?;
     // With a spend budget every call needs an output cap, so that its cost has an upper bound.
@@ -330,6 +348,22 @@ async fn chat_route(
         Some(p) => crate::responses::response_id(&p.assistant_message_id),
         None => format!("resp_{}", outbound::random_id()),
     };
+    if dialect == Dialect::Messages {
+        let id = match &call.persisted {
+            Some(p) => format!("msg_{}", p.assistant_message_id.replace('-', "")),
+            None => format!("msg_{}", outbound::random_id()),
+        };
+        if request.stream {
+            let writer = crate::anthropic_messages::StreamWriter::new(&id, &target.model);
+            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Anthropic(Box::new(writer)))
+                .await;
+            return Ok(None);
+        }
+        let (completion, usage) = whole::whole_reply(&mut call, target, response).await?;
+        let mut out = crate::anthropic_messages::from_completion(&id, &completion, usage);
+        out["chatedge"] = completion["chatedge"].clone();
+        return Ok(Some((200, out)));
+    }
     match (request.stream, echo) {
         (true, None) => {
             stream::stream_reply(&mut call, target, response, responder, stream::Shape::Chat).await;

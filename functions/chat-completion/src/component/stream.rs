@@ -5,6 +5,7 @@
 
 use super::call::{Call, Outcome};
 use super::{ms_since, now_unix, Target};
+use crate::anthropic_messages;
 use crate::failure::stream_error_event;
 use crate::providers::{self, StreamItem, StreamTranslator};
 use crate::responses::{Ending, StreamWriter};
@@ -27,6 +28,8 @@ pub(crate) enum Shape {
     Chat,
     /// The Responses API's typed events.
     Responses(Box<StreamWriter>),
+    /// Anthropic's Messages events.
+    Anthropic(Box<anthropic_messages::StreamWriter>),
 }
 
 pub(crate) async fn stream_reply(
@@ -57,6 +60,7 @@ pub(crate) async fn stream_reply(
     let opened = match &mut shape {
         Shape::Chat => true,
         Shape::Responses(writer) => sink.send(writer.start()).await.is_ok(),
+        Shape::Anthropic(writer) => sink.send(writer.start()).await.is_ok(),
     };
     let end = if !opened {
         StreamEnd::ClientGone
@@ -93,6 +97,7 @@ pub(crate) async fn stream_reply(
                             match &mut shape {
                                 Shape::Chat => out.extend(sse::data_event(&v.to_string())),
                                 Shape::Responses(writer) => out.extend(writer.chunk(&v)),
+                                Shape::Anthropic(writer) => out.extend(writer.chunk(&v)),
                             }
                         }
                         StreamItem::Error(e) => {
@@ -156,6 +161,24 @@ pub(crate) async fn stream_reply(
             StreamEnd::Done | StreamEnd::ClientGone => writer.natural_ending(),
         };
         tail.extend(writer.finish(&ending, usage, call.extension(cost, estimated, provider)));
+        let _ = sink.send(tail).await;
+        return;
+    }
+    if let Shape::Anthropic(writer) = &mut shape {
+        // A stream that failed ends with Anthropic's error event; one that finished with the
+        // stop reason and usage.
+        match &end {
+            StreamEnd::UpstreamError(e) => {
+                let kind = if e.kind.contains("overloaded") { "overloaded_error" } else { "api_error" };
+                tail.extend(writer.error(kind, &e.message));
+            }
+            StreamEnd::Cut(m) => {
+                tail.extend(writer.error("api_error", &format!("{} stream interrupted: {m}", provider.name())))
+            }
+            StreamEnd::Done | StreamEnd::ClientGone => {
+                tail.extend(writer.finish(usage, call.extension(cost, estimated, provider)))
+            }
+        }
         let _ = sink.send(tail).await;
         return;
     }
