@@ -287,12 +287,42 @@ struct StreamTimes {
     whole: Duration,
 }
 
+/// Which stream a route answers with: how its first content and its end look on the wire.
+#[derive(Clone, Copy)]
+enum Wire {
+    /// Chat completion chunks, ending `[DONE]`.
+    Chat,
+    /// The Responses API's typed events, ending `response.completed`.
+    Responses,
+    /// Anthropic's Messages events, ending `message_stop`.
+    Messages,
+}
+
+impl Wire {
+    fn first_content(self) -> &'static [u8] {
+        match self {
+            Wire::Chat => b"\"content\":\"tok",
+            Wire::Responses => b"\"delta\":\"tok",
+            Wire::Messages => b"\"text\":\"tok",
+        }
+    }
+
+    fn ended(self, seen: &[u8]) -> bool {
+        match self {
+            Wire::Chat => seen.ends_with(b"data: [DONE]\n\n"),
+            Wire::Responses => seen.windows(35).any(|w| w == b"event: response.completed\ndata: {\"r"),
+            Wire::Messages => seen.ends_with(b"{\"type\":\"message_stop\"}\n\n"),
+        }
+    }
+}
+
 /// `concurrency` keep-alive connections POSTing `body` to `url` back to back, reading each SSE
-/// answer to its end: time to the first `data:` frame that carries content, and to the end.
+/// answer to its end: time to the first frame that carries content, and to the end.
 async fn stream_load(
     url: &str,
     token: Option<&str>,
     body: &serde_json::Value,
+    wire: Wire,
     concurrency: usize,
     total: usize,
 ) -> Result<(Vec<StreamTimes>, Duration)> {
@@ -332,14 +362,15 @@ async fn stream_load(
                 while let Some(frame) = body.frame().await {
                     if let Some(d) = frame?.data_ref() {
                         seen.extend_from_slice(d);
-                        if first.is_none() && seen.windows(14).any(|w| w == b"\"content\":\"tok") {
+                        let marker = wire.first_content();
+                        if first.is_none() && seen.windows(marker.len()).any(|w| w == marker) {
                             first = Some(t.elapsed());
                         }
                     }
                 }
                 let whole = t.elapsed();
-                if !seen.ends_with(b"data: [DONE]\n\n") {
-                    bail!("stream did not end with [DONE]");
+                if !wire.ended(&seen) {
+                    bail!("stream did not end as its API ends one: {:?}", String::from_utf8_lossy(&seen));
                 }
                 times.push(StreamTimes { first_token: first.unwrap_or(whole), whole });
             }
@@ -390,31 +421,58 @@ async fn chat_streams() -> Result<()> {
     let openai_body = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
         "messages": [{"role": "user", "content": "Tell me a story"}]});
     let native_body = serde_json::json!({"message": "Tell me a story"});
+    // Unstored, as the chat completions row is: the same work but the shape of the answer.
+    let responses_body =
+        serde_json::json!({"model": "gpt-4o-mini", "stream": true, "store": false, "input": "Tell me a story"});
+    let messages_body = serde_json::json!({"model": "gpt-4o-mini", "stream": true, "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "Tell me a story"}]});
     println!("## Chat stream: 20 content chunks + usage from a fake OpenAI on loopback");
     println!(
         "{:<44} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
         "path", "conc", "ttft p50", "ttft p99", "all p50", "all p99", "req/s", "n"
     );
     for (concurrency, total) in [(1usize, 400usize), (32, 3200)] {
-        let runs: [(&str, String, Option<&str>, &serde_json::Value); 3] = [
-            ("direct to the fake provider (baseline)", format!("{base}/chat/completions"), None, &openai_body),
+        let runs: [(&str, String, Option<&str>, &serde_json::Value, Wire); 5] = [
+            (
+                "direct to the fake provider (baseline)",
+                format!("{base}/chat/completions"),
+                None,
+                &openai_body,
+                Wire::Chat,
+            ),
             (
                 "chatedge /v1/chat/completions (usage row)",
                 format!("{}/v1/chat/completions", host.base_url),
                 Some(&user.token),
                 &openai_body,
+                Wire::Chat,
+            ),
+            (
+                "chatedge /v1/responses (usage row)",
+                format!("{}/v1/responses", host.base_url),
+                Some(&user.token),
+                &responses_body,
+                Wire::Responses,
+            ),
+            (
+                "chatedge /v1/messages (usage row)",
+                format!("{}/v1/messages", host.base_url),
+                Some(&user.token),
+                &messages_body,
+                Wire::Messages,
             ),
             (
                 "chatedge chat-completion (persisted)",
                 format!("{}/functions/v1/chat-completion", host.base_url),
                 Some(&user.token),
                 &native_body,
+                Wire::Chat,
             ),
         ];
         let mut baseline: Option<(Duration, Duration)> = None;
-        for (name, url, token, body) in runs {
-            stream_load(&url, token, body, concurrency, concurrency * 4).await?; // warm-up
-            let (times, elapsed) = stream_load(&url, token, body, concurrency, total).await?;
+        for (name, url, token, body, wire) in runs {
+            stream_load(&url, token, body, wire, concurrency, concurrency * 4).await?; // warm-up
+            let (times, elapsed) = stream_load(&url, token, body, wire, concurrency, total).await?;
             let mut ttft: Vec<Duration> = times.iter().map(|t| t.first_token).collect();
             let mut whole: Vec<Duration> = times.iter().map(|t| t.whole).collect();
             ttft.sort();

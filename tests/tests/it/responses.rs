@@ -350,3 +350,30 @@ async fn unstored_responses_leave_only_usage_and_bad_bodies_are_refused_up_front
     assert_eq!(fake.received().len(), 1, "no refused body reached the provider");
     Ok(())
 }
+
+#[tokio::test]
+async fn structured_output_through_anthropic_is_a_forced_tool_answered_as_text() -> anyhow::Result<()> {
+    let reply = json!({"id": "msg_01S", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "tool_use", "id": "toolu_01S", "name": "chatedge_structured_output", "input": {"city": "Oslo", "celsius": 3}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 30, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 12}});
+    let anthropic = FakeProvider::start(vec![fake_llm::ok_json(reply.to_string())], None).await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("anthropic", &anthropic)], &[]).await?;
+    let gina = db.user().await?;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}, "celsius": {"type": "number"}},
+                        "required": ["city", "celsius"], "additionalProperties": false});
+    let body = json!({"model": "claude-haiku-4-5", "input": "Weather in Oslo as JSON", "store": false,
+                      "text": {"format": {"type": "json_schema", "name": "weather", "schema": schema, "strict": true}}});
+    let r = host.json("POST", RESPONSES, &gina.token, body).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.json();
+    assert_eq!(answer["status"], "completed");
+    let text = answer["output"][0]["content"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(serde_json::from_str::<Value>(text)?, json!({"city": "Oslo", "celsius": 3}));
+    assert_eq!(answer["output"].as_array().map(Vec::len), Some(1), "no function call item for the schema tool");
+    let asked = &anthropic.received()[0].body;
+    assert_eq!(asked["tools"][0]["input_schema"], schema);
+    assert_eq!(asked["tool_choice"], json!({"type": "tool", "name": "chatedge_structured_output"}));
+    Ok(())
+}

@@ -14,6 +14,10 @@ use serde_json::{json, Map, Value};
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The Messages API version spoken.
 pub const VERSION: &str = "2023-06-01";
+/// The tool a `response_format` becomes: Anthropic has no JSON mode, so a JSON answer is asked
+/// for as this tool's input (forced when the client has no tools of its own) and its input comes
+/// back to the client as the reply's text.
+pub const STRUCTURED_OUTPUT_TOOL: &str = "chatedge_structured_output";
 
 /// api.anthropic.com.
 pub struct Anthropic;
@@ -64,6 +68,9 @@ impl ProviderApi for Anthropic {
         for block in &message.content {
             match block {
                 Block::Text { text: t } => text.push_str(t),
+                Block::ToolUse { name, input, .. } if name == STRUCTURED_OUTPUT_TOOL => {
+                    text.push_str(&input.to_string())
+                }
                 Block::ToolUse { id, name, input } => tool_calls.push(json!({
                     "id": id, "type": "function",
                     "function": {"name": name, "arguments": input.to_string()},
@@ -72,14 +79,18 @@ impl ProviderApi for Anthropic {
             }
         }
         let usage = message.usage.to_usage();
+        let mut finish = finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn"));
+        if finish == "tool_calls" && tool_calls.is_empty() {
+            // Only the structured-output tool was used: to the client that is a finished answer.
+            finish = "stop";
+        }
         let mut reply = json!({"role": "assistant", "content": text, "refusal": null});
         if !tool_calls.is_empty() {
             reply["tool_calls"] = Value::Array(tool_calls);
         }
         let completion = json!({
             "id": message.id, "object": "chat.completion", "created": created, "model": message.model,
-            "choices": [{"index": 0, "message": reply, "logprobs": null,
-                         "finish_reason": finish_reason(message.stop_reason.as_deref().unwrap_or("end_turn"))}],
+            "choices": [{"index": 0, "message": reply, "logprobs": null, "finish_reason": finish}],
             "usage": usage.to_json(),
         });
         (completion, usage)
@@ -208,6 +219,8 @@ fn finish_reason(stop_reason: &str) -> &'static str {
 struct Decoder {
     /// Content block index -> tool call index.
     tool_blocks: Vec<(u64, usize)>,
+    /// Content blocks of the structured-output tool, whose input is the reply's text.
+    structured_blocks: Vec<u64>,
 }
 
 impl StreamDecoder for Decoder {
@@ -225,6 +238,23 @@ impl StreamDecoder for Decoder {
                 // message_start's output_tokens is a placeholder; message_delta carries the total.
                 reply.usage = Some(Usage { completion_tokens: 0, ..message.usage.to_usage() });
                 vec![StreamItem::Chunk(reply.chunk(json!({"role": "assistant", "content": ""}), None))]
+            }
+            Event::ContentBlockStart { index, content_block: Block::ToolUse { name, .. } }
+                if name == STRUCTURED_OUTPUT_TOOL =>
+            {
+                self.structured_blocks.push(index);
+                Vec::new()
+            }
+            Event::ContentBlockDelta { index, delta: Delta::InputJson { partial_json } }
+                if self.structured_blocks.contains(&index) =>
+            {
+                if partial_json.is_empty() {
+                    return Vec::new();
+                }
+                if let Err(end) = reply.push_text(&partial_json) {
+                    return vec![end];
+                }
+                vec![StreamItem::Chunk(reply.chunk(json!({"content": partial_json}), None))]
             }
             Event::ContentBlockStart { index, content_block: Block::ToolUse { id, name, .. } } => {
                 let tool_index = reply.tool_call_count();
@@ -258,7 +288,11 @@ impl StreamDecoder for Decoder {
                 }
                 match delta.stop_reason {
                     Some(r) => {
-                        let reason = finish_reason(&r);
+                        let mut reason = finish_reason(&r);
+                        if reason == "tool_calls" && self.tool_blocks.is_empty() {
+                            // Only the structured-output tool was used: a finished answer.
+                            reason = "stop";
+                        }
                         reply.finish_reason = Some(reason.to_owned());
                         vec![StreamItem::Chunk(reply.chunk(json!({}), Some(reason)))]
                     }
@@ -366,30 +400,64 @@ fn messages_body(request: &Value, stream: bool) -> Value {
         }
         _ => {}
     }
-    if let Some(tools) = request["tools"].as_array() {
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| json!({"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}))
-            .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        match &request["tool_choice"] {
-            Value::String(s) if s == "required" => {
-                body.insert("tool_choice".into(), json!({"type": "any"}));
-            }
-            Value::String(s) if s == "none" => {
-                body.insert("tool_choice".into(), json!({"type": "none"}));
-            }
-            Value::Object(o) => {
-                body.insert(
-                    "tool_choice".into(),
-                    json!({"type": "tool", "name": o.get("function").map(|f| f["name"].clone())}),
-                );
-            }
-            _ => {}
+    let client_tools = request["tools"].as_array().filter(|t| !t.is_empty());
+    let mut tools: Vec<Value> = client_tools
+        .into_iter()
+        .flatten()
+        .map(|t| json!({"name": t["function"]["name"], "description": t["function"]["description"], "input_schema": t["function"]["parameters"]}))
+        .collect();
+    let mut tool_choice = match &request["tool_choice"] {
+        _ if client_tools.is_none() => None,
+        Value::String(s) if s == "required" => Some(json!({"type": "any"})),
+        Value::String(s) if s == "none" => Some(json!({"type": "none"})),
+        Value::Object(o) => Some(json!({"type": "tool", "name": o.get("function").map(|f| f["name"].clone())})),
+        _ => None,
+    };
+    if let Some(tool) = structured_output_tool(&request["response_format"]) {
+        tools.push(tool);
+        // Forced when it is the only tool; beside the client's tools the model may answer
+        // either way, as OpenAI's structured outputs allow.
+        if client_tools.is_none() {
+            tool_choice = Some(json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}));
         }
+    }
+    if request["parallel_tool_calls"] == Value::Bool(false) && !tools.is_empty() {
+        let choice = tool_choice.get_or_insert_with(|| json!({"type": "auto"}));
+        if choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = Value::Bool(true);
+        }
+    }
+    if !tools.is_empty() {
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = tool_choice {
+        body.insert("tool_choice".into(), choice);
+    }
+    if let Some(user) = request["user"].as_str() {
+        body.insert("metadata".into(), json!({"user_id": user}));
     }
     body.insert("stream".into(), Value::Bool(stream));
     Value::Object(body)
+}
+
+/// The tool an OpenAI `response_format` asks for: `json_schema` with its schema, `json_object`
+/// with any object; `None` for text.
+fn structured_output_tool(format: &Value) -> Option<Value> {
+    let (schema, about) = match format["type"].as_str()? {
+        "json_schema" => {
+            let spec = &format["json_schema"];
+            let name = spec["name"].as_str().unwrap_or("output");
+            let about = match spec["description"].as_str() {
+                Some(d) => format!("Answer with JSON matching the schema '{name}': {d}"),
+                None => format!("Answer with JSON matching the schema '{name}'."),
+            };
+            (spec["schema"].clone(), about)
+        }
+        "json_object" => (json!({"type": "object"}), "Answer with a JSON object.".to_owned()),
+        _ => return None,
+    };
+    let schema = if schema.is_object() { schema } else { json!({"type": "object"}) };
+    Some(json!({"name": STRUCTURED_OUTPUT_TOOL, "description": about, "input_schema": schema}))
 }
 
 #[cfg(test)]
@@ -471,5 +539,66 @@ mod tests {
         assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
         assert_eq!(c["choices"][0]["finish_reason"], "length");
         assert_eq!(u, Usage { prompt_tokens: 5, completion_tokens: 5, cached_tokens: 2 });
+    }
+
+    #[test]
+    fn structured_outputs_are_a_tool_whose_input_comes_back_as_the_text() {
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+        let req = json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "n?"}], "user": "u-7",
+                         "response_format": {"type": "json_schema", "json_schema": {"name": "count", "schema": schema}}});
+        let b = upstream_request(Provider::ANTHROPIC, "https://a", "k", &req, true).body;
+        assert_eq!(b["tools"][0]["name"], STRUCTURED_OUTPUT_TOOL);
+        assert_eq!(b["tools"][0]["input_schema"], schema);
+        assert_eq!(
+            b["tool_choice"],
+            json!({"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}),
+            "forced when it is the only tool"
+        );
+        assert_eq!(b["metadata"], json!({"user_id": "u-7"}));
+        // Beside the client's tools it is offered, not forced; parallel calls off as asked.
+        let with_tools = json!({"model": "m", "messages": [], "parallel_tool_calls": false,
+            "tools": [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}],
+            "response_format": {"type": "json_object"}});
+        let b = upstream_request(Provider::ANTHROPIC, "https://a", "k", &with_tools, false).body;
+        assert_eq!(b["tools"].as_array().map(Vec::len), Some(2));
+        assert_eq!(b["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
+        assert!(upstream_request(Provider::ANTHROPIC, "https://a", "k", &json!({"messages": []}), false)
+            .body
+            .get("tools")
+            .is_none());
+
+        // The stream: the tool's input arrives as content, and the answer ends as a stop.
+        let named = |v: Value| format!("event: {}\ndata: {v}\n\n", v["type"].as_str().unwrap_or_default());
+        let wire = [
+            named(json!({"type": "message_start", "message": {"id": "msg_s", "model": "claude-haiku-4-5", "content": [], "usage": {"input_tokens": 20, "output_tokens": 1}}})),
+            named(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_s", "name": STRUCTURED_OUTPUT_TOOL, "input": {}}})),
+            named(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}})),
+            named(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"n\": "}})),
+            named(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "3}"}})),
+            named(json!({"type": "content_block_stop", "index": 0})),
+            named(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}})),
+            named(json!({"type": "message_stop"})),
+        ]
+        .concat();
+        let (reply, items) = run(Provider::ANTHROPIC, &wire);
+        assert_eq!(reply.text, "{\"n\": 3}");
+        assert!(reply.tool_calls().is_empty());
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        let texts: Vec<&str> = chunks(&items)
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>();
+        assert_eq!(texts, ["{\"n\": ", "3}"]);
+
+        // The whole reply: the input as the message's text.
+        let body = json!({"id": "msg_w", "model": "claude-haiku-4-5", "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1},
+                          "content": [{"type": "tool_use", "id": "toolu_w", "name": STRUCTURED_OUTPUT_TOOL, "input": {"n": 3}}]});
+        let (c, _) = completion(Provider::ANTHROPIC, &body, 0).unwrap();
+        assert_eq!(
+            (c["choices"][0]["message"]["content"].as_str(), c["choices"][0]["finish_reason"].as_str()),
+            (Some("{\"n\":3}"), Some("stop"))
+        );
+        assert!(c["choices"][0]["message"].get("tool_calls").is_none());
     }
 }
