@@ -162,6 +162,41 @@ pub async fn chat(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()
     Ok(())
 }
 
+/// The other front doors over the same path: the Responses API streamed, continued by id and
+/// read back, and Anthropic's Messages API with the key in `x-api-key` — on either runtime.
+pub async fn api_surfaces(host: &TestApp, db: &TestDb) -> Result<()> {
+    let user = db.user().await?;
+    let body = json!({"model": "gpt-4o-mini", "input": "hello", "stream": true});
+    let first = host.json("POST", "/v1/responses", &user.token, body).await?;
+    ensure!(first.status == 200, "responses: {} {}", first.status, String::from_utf8_lossy(&first.body));
+    let events = crate::sse_json(&first.body);
+    let done = events.last().context("no events")?;
+    ensure!(done["type"] == "response.completed", "last event {done}");
+    let text: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    ensure!(text == "Hello there", "streamed {text:?}");
+    let id = done["response"]["id"].as_str().context("response id")?.to_owned();
+    let body = json!({"model": "gpt-4o-mini", "input": "again", "previous_response_id": id});
+    let second = host.json("POST", "/v1/responses", &user.token, body).await?;
+    ensure!(second.status == 200, "continued: {} {}", second.status, String::from_utf8_lossy(&second.body));
+    let second_id = second.json()["id"].as_str().context("second id")?.to_owned();
+    let read = host.get(&format!("/v1/responses/{second_id}"), &user.token).await?;
+    ensure!(read.status == 200 && read.json()["previous_response_id"] == id.as_str(), "read back {}", read.json());
+    let other = db.user().await?;
+    ensure!(host.get(&format!("/v1/responses/{second_id}"), &other.token).await?.status == 404, "another user read it");
+
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]});
+    let messages = host
+        .send("POST", "/v1/messages", None, Some(body.to_string().into_bytes()), &[("x-api-key", user.token.as_str())])
+        .await?;
+    ensure!(messages.status == 200, "messages: {} {}", messages.status, String::from_utf8_lossy(&messages.body));
+    let events = crate::sse_json(&messages.body);
+    let text: String = events.iter().filter_map(|e| e["delta"]["text"].as_str()).collect();
+    ensure!(text == "Hello there" && events.last().is_some_and(|e| e["type"] == "message_stop"), "messages {events:?}");
+    ensure!(idle_in_transaction(db).await? == 0, "a connection was left idle in transaction");
+    Ok(())
+}
+
 /// A fake that answers every call with the same short stream or completion.
 pub async fn fake_provider() -> Result<FakeProvider> {
     let stream = fake_llm::openai_stream("gpt-4o-mini", &["Hello", " there"], 9, 2);
@@ -267,6 +302,7 @@ pub async fn code(host: &TestApp, db: &TestDb) -> Result<()> {
 pub async fn all(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()> {
     conversations(host, db).await.context("conversations")?;
     chat(host, db, fake).await.context("chat")?;
+    api_surfaces(host, db).await.context("responses and messages")?;
     limits(host, db).await.context("limits")?;
     uploads(host, db).await.context("uploads")?;
     code(host, db).await.context("code")?;

@@ -37,6 +37,8 @@ pub fn charged_usage(
                 prompt_tokens: if reported.prompt_tokens > 0 { reported.prompt_tokens } else { prompt_bound },
                 completion_tokens: reported.completion_tokens.max(produced_bytes as u64),
                 cached_tokens: reported.cached_tokens,
+                cache_write_tokens: reported.cache_write_tokens,
+                reasoning_tokens: reported.reasoning_tokens,
             }
         }
         (None, false) => Usage::default(),
@@ -48,7 +50,8 @@ pub fn charged_usage(
 mod tests {
     use super::*;
 
-    const REPORTED: Usage = Usage { prompt_tokens: 12, completion_tokens: 3, cached_tokens: 4 };
+    const REPORTED: Usage =
+        Usage { prompt_tokens: 12, completion_tokens: 3, cached_tokens: 4, cache_write_tokens: 0, reasoning_tokens: 0 };
 
     #[test]
     fn a_completed_call_is_charged_what_the_provider_reported() {
@@ -64,12 +67,36 @@ mod tests {
         let c = charged_usage("incomplete", None, 40, true, 900);
         assert_eq!(
             c,
-            Charged { usage: Usage { prompt_tokens: 900, completion_tokens: 40, cached_tokens: 0 }, estimated: true }
+            Charged {
+                usage: Usage {
+                    prompt_tokens: 900,
+                    completion_tokens: 40,
+                    cached_tokens: 0,
+                    cache_write_tokens: 0,
+                    reasoning_tokens: 0
+                },
+                estimated: true
+            }
         );
         // Anthropic reported its input first: that is kept, the output is bounded by the bytes.
-        let partial = Usage { prompt_tokens: 25, completion_tokens: 0, cached_tokens: 10 };
+        let partial = Usage {
+            prompt_tokens: 25,
+            completion_tokens: 0,
+            cached_tokens: 10,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        };
         let c = charged_usage("incomplete", Some(partial), 40, true, 900);
-        assert_eq!(c.usage, Usage { prompt_tokens: 25, completion_tokens: 40, cached_tokens: 10 });
+        assert_eq!(
+            c.usage,
+            Usage {
+                prompt_tokens: 25,
+                completion_tokens: 40,
+                cached_tokens: 10,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            }
+        );
         // A report larger than the bytes received wins.
         let c = charged_usage("incomplete", Some(Usage { completion_tokens: 90, ..partial }), 40, true, 900);
         assert_eq!(c.usage.completion_tokens, 90);
@@ -80,7 +107,16 @@ mod tests {
         let c = charged_usage("complete", None, 7, true, 50);
         assert_eq!(
             c,
-            Charged { usage: Usage { prompt_tokens: 50, completion_tokens: 7, cached_tokens: 0 }, estimated: true }
+            Charged {
+                usage: Usage {
+                    prompt_tokens: 50,
+                    completion_tokens: 7,
+                    cached_tokens: 0,
+                    cache_write_tokens: 0,
+                    reasoning_tokens: 0
+                },
+                estimated: true
+            }
         );
     }
 

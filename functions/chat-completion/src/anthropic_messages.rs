@@ -44,17 +44,9 @@ fn unsupported(field: &str, message: impl Into<String>) -> ApiError {
 /// Parses and checks a Messages body into the chat request it runs as. Nothing is stored
 /// unless the body names a `conversation_id` (Anthropic clients send the whole context).
 pub fn parse(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiError> {
-    if body.len() > max_body {
-        return Err(ApiError::payload_too_large(max_body));
-    }
-    let m: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "the body must be a JSON object")),
-        Err(e) => return Err(ApiError::invalid_body(&e)),
-    };
-    if let Some(k) = m.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(invalid(k, format!("{k}: extra inputs are not permitted")));
-    }
+    let m = crate::request::object_with_known_keys(body, max_body, KEYS, |k| {
+        format!("{k}: extra inputs are not permitted")
+    })?;
     let get = |k: &str| m.get(k).filter(|v| !v.is_null());
     if get("thinking").is_some_and(|t| t["type"] != "disabled") {
         return Err(unsupported("thinking", "extended thinking is not supported on this route"));
@@ -283,11 +275,12 @@ pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
     }
 }
 
-/// Usage as Anthropic reports it: input tokens exclude the ones read from the cache.
+/// Usage as Anthropic reports it: input tokens exclude the ones read from and written to the
+/// cache.
 pub fn usage_json(usage: Usage) -> Value {
     json!({
-        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens).saturating_sub(usage.cache_write_tokens),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "output_tokens": usage.completion_tokens,
     })
@@ -569,8 +562,17 @@ mod tests {
         let completion = json!({"model": "gpt-4o-mini", "choices": [{"finish_reason": "tool_calls", "message": {"content": "Checking.",
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
                            {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": ""}}]}}]});
-        let m =
-            from_completion("msg_1", &completion, Usage { prompt_tokens: 10, completion_tokens: 3, cached_tokens: 4 });
+        let m = from_completion(
+            "msg_1",
+            &completion,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 3,
+                cached_tokens: 4,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+            },
+        );
         assert_eq!(
             m["content"],
             json!([{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}},
@@ -601,9 +603,16 @@ mod tests {
             .extend(w.chunk(&chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}), None)));
         bytes.extend(w.chunk(&chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), None)));
         bytes.extend(w.chunk(&chunk(json!({}), Some("tool_calls"))));
-        bytes.extend(
-            w.finish(Usage { prompt_tokens: 9, completion_tokens: 5, cached_tokens: 0 }, json!({"cost_usd": 0.0})),
-        );
+        bytes.extend(w.finish(
+            Usage {
+                prompt_tokens: 9,
+                completion_tokens: 5,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+            },
+            json!({"cost_usd": 0.0}),
+        ));
         let events: Vec<(String, Value)> = sse::Parser::new()
             .feed(&bytes)
             .unwrap()

@@ -175,7 +175,13 @@ pub fn read_reply(body: &Value, expected: usize) -> Result<Embedded, String> {
 pub fn reported_usage(body: &Value) -> Option<Usage> {
     let usage = &body["usage"];
     let prompt_tokens = usage["prompt_tokens"].as_u64().filter(|&n| n > 0).or(usage["total_tokens"].as_u64())?;
-    (prompt_tokens > 0).then_some(Usage { prompt_tokens, completion_tokens: 0, cached_tokens: 0 })
+    (prompt_tokens > 0).then_some(Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
+    })
 }
 
 fn vector_of(v: &Value) -> Result<Vec<f32>, String> {

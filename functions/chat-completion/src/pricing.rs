@@ -21,10 +21,19 @@ pub struct Price {
     /// Input read from the prompt cache (defaults to `input`).
     #[serde(default)]
     pub cached: Option<f64>,
+    /// Input written to the prompt cache (defaults to `input`; Anthropic charges 1.25x input for
+    /// its 5-minute cache).
+    #[serde(default)]
+    pub cache_write: Option<f64>,
 }
 
 const fn p(input: f64, cached: f64, output: f64) -> Price {
-    Price { input, output, cached: Some(cached) }
+    Price { input, output, cached: Some(cached), cache_write: None }
+}
+
+/// An Anthropic price: cache writes at 1.25x input (the 5-minute cache's rate).
+const fn anthropic(input: f64, cached: f64, output: f64) -> Price {
+    Price { input, output, cached: Some(cached), cache_write: Some(input * 1.25) }
 }
 
 /// List prices (USD / 1M tokens: input, cached input, output) by model name; dated snapshots
@@ -51,19 +60,19 @@ pub const DEFAULT_PRICES: &[(&str, Price)] = &[
     ("o3-pro", p(20.00, 20.00, 80.00)),
     ("o3-mini", p(1.10, 0.55, 4.40)),
     ("o4-mini", p(1.10, 0.275, 4.40)),
-    ("claude-opus-4-5", p(5.00, 0.50, 25.00)),
-    ("claude-opus-4-1", p(15.00, 1.50, 75.00)),
-    ("claude-opus-4-0", p(15.00, 1.50, 75.00)),
-    ("claude-opus-4", p(15.00, 1.50, 75.00)),
-    ("claude-sonnet-4-5", p(3.00, 0.30, 15.00)),
-    ("claude-sonnet-4-0", p(3.00, 0.30, 15.00)),
-    ("claude-sonnet-4", p(3.00, 0.30, 15.00)),
-    ("claude-3-7-sonnet", p(3.00, 0.30, 15.00)),
-    ("claude-3-5-sonnet", p(3.00, 0.30, 15.00)),
-    ("claude-haiku-4-5", p(1.00, 0.10, 5.00)),
-    ("claude-3-5-haiku", p(0.80, 0.08, 4.00)),
-    ("claude-3-haiku", p(0.25, 0.03, 1.25)),
-    ("claude-3-opus", p(15.00, 1.50, 75.00)),
+    ("claude-opus-4-5", anthropic(5.00, 0.50, 25.00)),
+    ("claude-opus-4-1", anthropic(15.00, 1.50, 75.00)),
+    ("claude-opus-4-0", anthropic(15.00, 1.50, 75.00)),
+    ("claude-opus-4", anthropic(15.00, 1.50, 75.00)),
+    ("claude-sonnet-4-5", anthropic(3.00, 0.30, 15.00)),
+    ("claude-sonnet-4-0", anthropic(3.00, 0.30, 15.00)),
+    ("claude-sonnet-4", anthropic(3.00, 0.30, 15.00)),
+    ("claude-3-7-sonnet", anthropic(3.00, 0.30, 15.00)),
+    ("claude-3-5-sonnet", anthropic(3.00, 0.30, 15.00)),
+    ("claude-haiku-4-5", anthropic(1.00, 0.10, 5.00)),
+    ("claude-3-5-haiku", anthropic(0.80, 0.08, 4.00)),
+    ("claude-3-haiku", anthropic(0.25, 0.03, 1.25)),
+    ("claude-3-opus", anthropic(15.00, 1.50, 75.00)),
     ("mistral-large", p(2.00, 2.00, 6.00)),
     ("mistral-medium", p(0.40, 0.40, 2.00)),
     ("mistral-small", p(0.10, 0.10, 0.30)),
@@ -144,9 +153,11 @@ impl PriceTable {
     pub fn cost_usd(&self, model: &str, usage: Usage) -> f64 {
         let Some(price) = self.price(model) else { return 0.0 };
         let cached = usage.cached_tokens.min(usage.prompt_tokens);
-        let uncached = usage.prompt_tokens - cached;
+        let written = usage.cache_write_tokens.min(usage.prompt_tokens - cached);
+        let uncached = usage.prompt_tokens - cached - written;
         let micro = uncached as f64 * price.input
             + cached as f64 * price.cached.unwrap_or(price.input)
+            + written as f64 * price.cache_write.unwrap_or(price.input)
             + usage.completion_tokens as f64 * price.output;
         (micro / 1e6 * 1e8).round() / 1e8
     }
@@ -155,6 +166,40 @@ impl PriceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_reads_and_writes_are_priced_at_their_own_rates() {
+        let table = PriceTable::with_overrides(None).unwrap();
+        // claude-sonnet-4: $3 in, $0.30 cache read, $3.75 cache write, $15 out per 1M.
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            cached_tokens: 200,
+            cache_write_tokens: 300,
+            reasoning_tokens: 0,
+        };
+        assert_eq!(table.cost_usd("claude-sonnet-4-20250514", usage), 0.004185);
+        // OpenAI has no write rate: a write is plain input; reasoning is output like any other.
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            cached_tokens: 0,
+            cache_write_tokens: 300,
+            reasoning_tokens: 60,
+        };
+        assert_eq!(table.cost_usd("gpt-4o-mini", usage), 0.00021);
+        let over =
+            PriceTable::with_overrides(Some(r#"{"my-model": {"input": 1.0, "output": 2.0, "cache_write": 4.0}}"#))
+                .unwrap();
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            cache_write_tokens: 10,
+            reasoning_tokens: 0,
+        };
+        assert_eq!(over.cost_usd("my-model", usage), 0.00004);
+    }
 
     #[test]
     fn names_and_their_snapshots_match_nothing_else() {
@@ -194,11 +239,23 @@ mod tests {
     #[test]
     fn cost_splits_cached_input() {
         let t = PriceTable::default();
-        let u = Usage { prompt_tokens: 1_000_000, completion_tokens: 1_000_000, cached_tokens: 500_000 };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 1_000_000,
+            cached_tokens: 500_000,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        };
         // 0.5M * 0.15 + 0.5M * 0.075 + 1M * 0.60
         assert!((t.cost_usd("gpt-4o-mini", u) - (0.075 + 0.0375 + 0.60)).abs() < 1e-9);
         assert_eq!(t.cost_usd("local-model", u), 0.0);
-        let small = Usage { prompt_tokens: 9, completion_tokens: 2, cached_tokens: 0 };
+        let small = Usage {
+            prompt_tokens: 9,
+            completion_tokens: 2,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        };
         assert_eq!(t.cost_usd("gpt-4o-mini", small), 0.00000255);
     }
 

@@ -111,6 +111,22 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorCode::ValidationFailed, message)
 }
 
+/// A body that must be a JSON object whose keys are all `known` (the Responses and Messages
+/// routes refuse an unknown parameter, as OpenAI and Anthropic do): 413 past `max`, 400
+/// `invalid_json`, or 400 naming the first unknown key, worded by `refusal`.
+pub(crate) fn object_with_known_keys(
+    body: &[u8],
+    max: usize,
+    known: &[&str],
+    refusal: impl Fn(&str) -> String,
+) -> Result<Map<String, Value>, ApiError> {
+    let m = parse_json(body, max)?;
+    if let Some(k) = m.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, refusal(k)).with_detail("field", k.as_str()));
+    }
+    Ok(m)
+}
+
 fn parse_json(body: &[u8], max: usize) -> Result<Map<String, Value>, ApiError> {
     if body.len() > max {
         return Err(ApiError::payload_too_large(max));

@@ -103,17 +103,7 @@ pub fn message_id_of(response_id: &str) -> Option<String> {
 
 /// Parses and checks a Responses body into the chat request it runs as.
 pub fn parse(body: &[u8], max_body: usize) -> Result<ResponsesRequest, ApiError> {
-    if body.len() > max_body {
-        return Err(ApiError::payload_too_large(max_body));
-    }
-    let m: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "the body must be a JSON object")),
-        Err(e) => return Err(ApiError::invalid_body(&e)),
-    };
-    if let Some(k) = m.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(invalid(k, format!("unknown parameter '{k}'")));
-    }
+    let m = crate::request::object_with_known_keys(body, max_body, KEYS, |k| format!("unknown parameter '{k}'"))?;
     let get = |k: &str| m.get(k).filter(|v| !v.is_null());
     if get("background") == Some(&Value::Bool(true)) {
         return Err(unsupported("background", "background responses are not supported: stream instead"));
@@ -416,7 +406,7 @@ pub fn usage_json(usage: Usage) -> Value {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_tokens},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     })
 }
@@ -573,6 +563,8 @@ pub fn from_stored(id: &str, row: &Value) -> Value {
         prompt_tokens: row["prompt_tokens"].as_u64().unwrap_or(0),
         completion_tokens: row["completion_tokens"].as_u64().unwrap_or(0),
         cached_tokens: 0,
+        cache_write_tokens: 0,
+        reasoning_tokens: 0,
     };
     let ending = match status {
         "completed" => Ending::Completed,
@@ -939,7 +931,13 @@ mod tests {
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": "Let me check.",
                 "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}]
         });
-        let usage = Usage { prompt_tokens: 10, completion_tokens: 4, cached_tokens: 2 };
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 4,
+            cached_tokens: 2,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+        };
         let r = from_completion("resp_ab", 7, &echo(), &completion, usage);
         assert_eq!(
             (r["status"].as_str(), r["model"].as_str(), r["created_at"].as_i64()),
@@ -950,7 +948,7 @@ mod tests {
         assert_eq!(
             r["usage"],
             json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 2}, "output_tokens": 4,
-                   "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 14})
+                   "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}, "total_tokens": 14})
         );
         let cut = json!({"model": "m", "choices": [{"finish_reason": "length", "message": {"content": "abc"}}]});
         let r = from_completion("resp_ab", 7, &echo(), &cut, usage);
@@ -991,7 +989,13 @@ mod tests {
         let ending = w.natural_ending();
         bytes.extend(w.finish(
             &ending,
-            Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0 },
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+            },
             json!({"cost_usd": 0.1}),
         ));
         let evs = events(&bytes);

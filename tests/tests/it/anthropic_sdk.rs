@@ -4,7 +4,7 @@
 //! pinned SDK into the tests' virtualenv (CHATEDGE_PY_VENV).
 
 use super::chat::start;
-use chatedge_tests::fake_llm::{self, FakeProvider};
+use super::messages::weather_tool_provider;
 use chatedge_tests::{repo_root, TestDb};
 use serde_json::{json, Value};
 
@@ -13,22 +13,7 @@ async fn official_anthropic_python_sdk_works_unmodified() -> anyhow::Result<()> 
     let venv = std::env::var("CHATEDGE_PY_VENV").unwrap_or_else(|_| "/var/tmp/chatedge/py".into());
     let python = std::path::PathBuf::from(venv).join("bin/python");
     anyhow::ensure!(python.exists(), "{} missing: run ./dev test, which installs the SDKs", python.display());
-    let fake = FakeProvider::start(
-        vec![
-            fake_llm::stream(fake_llm::openai_tool_stream(
-                "gpt-4o-mini",
-                "Let me check.",
-                "call_W1",
-                "get_weather",
-                &["{\"location\":", "\"Paris\"}"],
-                31,
-                18,
-            )),
-            fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "12 degrees.", 60, 9)),
-        ],
-        None,
-    )
-    .await?;
+    let fake = weather_tool_provider(&["{\"location\":", "\"Paris\"}"], "12 degrees.").await?;
     let db = TestDb::start().await?;
     let host = start(&db, &[("openai", &fake)], &[]).await?;
     let user = db.user().await?;

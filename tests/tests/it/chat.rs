@@ -978,3 +978,51 @@ async fn a_spoofed_forwarded_for_does_not_move_an_anonymous_bucket() -> anyhow::
 fn chrono_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
+
+#[tokio::test]
+async fn prompt_cache_writes_and_reasoning_tokens_are_counted_and_priced_apart() -> anyhow::Result<()> {
+    let cached_reply = json!({"id": "msg_01Cache", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+        "content": [{"type": "text", "text": "From the cache."}], "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 5, "cache_creation_input_tokens": 1200, "cache_read_input_tokens": 300, "output_tokens": 7}});
+    let anthropic = FakeProvider::start(vec![fake_llm::ok_json(cached_reply.to_string())], None).await?;
+    let events: Vec<String> = fake_llm::openai_stream("gpt-4o-mini", &["thought ", "through"], 10, 40)
+        .into_iter()
+        .map(|e| e.replace("\"reasoning_tokens\":0", "\"reasoning_tokens\":12"))
+        .collect();
+    let openai = FakeProvider::start(vec![fake_llm::stream(events)], None).await?;
+    let db = TestDb::start().await?;
+    let host = start(&db, &[("anthropic", &anthropic), ("openai", &openai)], &[]).await?;
+    let hana = db.user().await?;
+
+    let body = json!({"model": "claude-sonnet-4-20250514", "messages": [{"role": "user", "content": "again"}]});
+    let r = host.json("POST", "/v1/chat/completions", &hana.token, body).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["usage"]["prompt_tokens_details"], json!({"cached_tokens": 300, "cache_write_tokens": 1200}));
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "think"}]});
+    let r = host.json("POST", "/v1/chat/completions", &hana.token, body).await?;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let last = sse_json(&r.body).pop().unwrap_or_default();
+    assert_eq!(last["usage"]["completion_tokens_details"]["reasoning_tokens"], 12);
+
+    let rows = db
+        .admin()
+        .await?
+        .query(
+            "select provider, prompt_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd::text \
+             from api_usage where user_id = $1 order by created_at, id",
+            &[&hana.id],
+        )
+        .await?;
+    let rows: Vec<(String, i32, i32, i32, i32, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect();
+    // claude-sonnet-4: 5 plain input at $3, 300 cache reads at $0.30, 1200 cache writes at $3.75,
+    // 7 output at $15 per 1M; gpt-4o-mini: 10 in at $0.15, 40 out (12 of them reasoning) at $0.60.
+    assert_eq!(
+        rows,
+        vec![
+            ("anthropic".into(), 1505, 300, 1200, 0, "0.00471000".into()),
+            ("openai".into(), 10, 0, 0, 12, "0.00002550".into()),
+        ]
+    );
+    Ok(())
+}

@@ -14,24 +14,30 @@ fn tools() -> Value {
             "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}])
 }
 
-#[tokio::test]
-async fn anthropic_clients_stream_tool_use_from_openai_and_send_the_result_back() -> anyhow::Result<()> {
-    let fake = FakeProvider::start(
+/// A fake OpenAI that first streams "Let me check." and a `get_weather` call (call_W1, 31 + 18
+/// tokens) whose arguments arrive in `pieces`, then answers `answer` whole (60 + 9 tokens).
+pub(crate) async fn weather_tool_provider(pieces: &[&str], answer: &str) -> anyhow::Result<FakeProvider> {
+    FakeProvider::start(
         vec![
             fake_llm::stream(fake_llm::openai_tool_stream(
                 "gpt-4o-mini",
                 "Let me check.",
                 "call_W1",
                 "get_weather",
-                &["{\"loc", "ation\":\"Paris\"}"],
+                pieces,
                 31,
                 18,
             )),
-            fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", "It is 12 degrees in Paris.", 60, 9)),
+            fake_llm::ok_json(fake_llm::openai_completion("gpt-4o-mini", answer, 60, 9)),
         ],
         None,
     )
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn anthropic_clients_stream_tool_use_from_openai_and_send_the_result_back() -> anyhow::Result<()> {
+    let fake = weather_tool_provider(&["{\"loc", "ation\":\"Paris\"}"], "It is 12 degrees in Paris.").await?;
     let db = TestDb::start().await?;
     let host = start(&db, &[("openai", &fake)], &[]).await?;
     let erin = db.user().await?;

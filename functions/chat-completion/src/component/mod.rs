@@ -301,7 +301,13 @@ async fn chat_route(
         let (mut tokens, mut usd) = (0u64, 0f64);
         for (target, upstream) in targets.iter().zip(&upstreams) {
             let bound = plan::prompt_token_bound(upstream.payload.len(), &messages, has_tools);
-            let usage = Usage { prompt_tokens: bound, completion_tokens: max_out, cached_tokens: 0 };
+            let usage = Usage {
+                prompt_tokens: bound,
+                completion_tokens: max_out,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+            };
             tokens = tokens.max(bound + max_out);
             usd = usd.max(prices.cost_usd(&target.model, usage));
         }

@@ -332,6 +332,8 @@ pub fn finish_exchange(
                     "provider": a.provider, "model": storable(&a.model),
                     "prompt_tokens": a.usage.prompt_tokens.min(i32::MAX as u64), "completion_tokens": a.usage.completion_tokens.min(i32::MAX as u64),
                     "cached_tokens": a.usage.cached_tokens.min(i32::MAX as u64), "cost_usd": format!("{:.8}", a.cost_usd.max(0.0)),
+                    "cache_write_tokens": a.usage.cache_write_tokens.min(i32::MAX as u64),
+                    "reasoning_tokens": a.usage.reasoning_tokens.min(i32::MAX as u64),
                     "latency_ms": a.latency_ms.clamp(0, i32::MAX as i64), "status": a.status,
                 })
             })
@@ -339,12 +341,14 @@ pub fn finish_exchange(
         tx.become_service_role()?;
         tx.execute(
             "insert into public.api_usage (user_id, conversation_id, message_id, provider, model, prompt_tokens, \
-               completion_tokens, cached_tokens, cost_usd, latency_ms, status, created_at) \
+               completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd, latency_ms, status, created_at) \
              select $1, $2, $3, r.provider, r.model, r.prompt_tokens, r.completion_tokens, \
-               r.cached_tokens, r.cost_usd, r.latency_ms, r.status, now() + (n - 1) * interval '1 microsecond' \
+               r.cached_tokens, r.cache_write_tokens, r.reasoning_tokens, r.cost_usd, r.latency_ms, r.status, \
+               now() + (n - 1) * interval '1 microsecond' \
              from jsonb_array_elements($4) with ordinality as e(row, n), \
                jsonb_to_record(e.row) as r(provider text, model text, prompt_tokens int, \
-               completion_tokens int, cached_tokens int, cost_usd numeric, latency_ms int, status text)",
+               completion_tokens int, cached_tokens int, cache_write_tokens int, reasoning_tokens int, \
+               cost_usd numeric, latency_ms int, status text)",
             &[
                 uuid(user_id),
                 persisted.map(|p| uuid(&p.conversation_id)).unwrap_or(ParameterValue::DbNull),

@@ -145,6 +145,8 @@ impl WireUsage {
             prompt_tokens: self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens,
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: self.cache_read_input_tokens,
+            cache_write_tokens: self.cache_creation_input_tokens,
+            reasoning_tokens: 0,
         }
     }
 }
@@ -471,7 +473,16 @@ mod tests {
         let (reply, items) = run(Provider::ANTHROPIC, include_str!("../../testdata/anthropic_stream.sse"));
         assert_eq!(reply.text, "Hello");
         // input + cache reads as prompt; output from message_delta, not added to message_start's 1.
-        assert_eq!(reply.usage, Some(Usage { prompt_tokens: 35, completion_tokens: 15, cached_tokens: 10 }));
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 35,
+                completion_tokens: 15,
+                cached_tokens: 10,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            })
+        );
         assert_eq!(reply.finish_reason.as_deref(), Some("tool_calls"));
         assert_eq!(reply.tool_calls()[0]["function"]["arguments"], "{\"city\": \"Paris\"}");
         assert_eq!(reply.tool_calls()[0]["id"], "toolu_1");
@@ -538,7 +549,16 @@ mod tests {
         assert_eq!(c["choices"][0]["message"]["content"], "Hi");
         assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
         assert_eq!(c["choices"][0]["finish_reason"], "length");
-        assert_eq!(u, Usage { prompt_tokens: 5, completion_tokens: 5, cached_tokens: 2 });
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 5,
+                completion_tokens: 5,
+                cached_tokens: 2,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            }
+        );
     }
 
     #[test]
@@ -600,5 +620,23 @@ mod tests {
             (Some("{\"n\":3}"), Some("stop"))
         );
         assert!(c["choices"][0]["message"].get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn cache_writes_are_counted_apart_from_plain_input() {
+        let body = json!({"id": "msg_c", "model": "claude-sonnet-4-5", "stop_reason": "end_turn", "content": [{"type": "text", "text": "ok"}],
+                          "usage": {"input_tokens": 5, "cache_creation_input_tokens": 1200, "cache_read_input_tokens": 300, "output_tokens": 7}});
+        let (c, u) = completion(Provider::ANTHROPIC, &body, 0).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 1505,
+                completion_tokens: 7,
+                cached_tokens: 300,
+                cache_write_tokens: 1200,
+                reasoning_tokens: 0
+            }
+        );
+        assert_eq!(c["usage"]["prompt_tokens_details"], json!({"cached_tokens": 300, "cache_write_tokens": 1200}));
     }
 }

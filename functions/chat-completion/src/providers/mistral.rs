@@ -59,7 +59,16 @@ mod tests {
     #[test]
     fn usage_on_the_last_content_chunk_moves_to_the_closing_chunk() {
         let (reply, items) = run(Provider::MISTRAL, include_str!("../../testdata/mistral_stream.sse"));
-        assert_eq!(reply.usage, Some(Usage { prompt_tokens: 7, completion_tokens: 3, cached_tokens: 0 }));
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            })
+        );
         assert_eq!(reply.text, "Hi!");
         let chunks = chunks(&items);
         assert!(chunks[1].get("usage").is_none(), "usage moves to the closing chunk");

@@ -145,6 +145,12 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Input tokens served from the provider's prompt cache.
     pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, priced above plain input), part of `prompt_tokens`.
+    pub cache_write_tokens: u64,
+    /// Output tokens the model spent reasoning (OpenAI's `reasoning_tokens`), part of
+    /// `completion_tokens`.
+    pub reasoning_tokens: u64,
 }
 
 impl Usage {
@@ -154,7 +160,8 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         })
     }
 }

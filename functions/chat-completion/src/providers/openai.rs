@@ -96,6 +96,8 @@ pub(super) fn usage_of(v: &Value) -> Option<Usage> {
         prompt_tokens: u.get("prompt_tokens")?.as_u64()?,
         completion_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
         cached_tokens: v["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0),
+        cache_write_tokens: 0,
+        reasoning_tokens: v["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0),
     })
 }
 
@@ -160,7 +162,16 @@ mod tests {
     fn a_recorded_stream_passes_through_with_usage() {
         let (reply, items) = run(Provider::OPENAI, include_str!("../../testdata/openai_stream.sse"));
         assert_eq!(reply.text, "Hello");
-        assert_eq!(reply.usage, Some(Usage { prompt_tokens: 9, completion_tokens: 2, cached_tokens: 4 }));
+        assert_eq!(
+            reply.usage,
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 2,
+                cached_tokens: 4,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            })
+        );
         assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
         assert_eq!(reply.id, "chatcmpl-1");
         assert_eq!(chunks(&items).len(), 4, "the usage-only chunk is re-emitted by usage_chunk(), not forwarded");
@@ -186,6 +197,24 @@ mod tests {
                           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
         let (c, u) = super::super::completion(Provider::OPENAI, &body, 0).unwrap();
         assert_eq!(c, body);
-        assert_eq!(u, Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 0 });
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn reasoning_tokens_are_read_from_the_usage_details() {
+        let usage = json!({"prompt_tokens": 20, "completion_tokens": 90, "total_tokens": 110,
+                           "prompt_tokens_details": {"cached_tokens": 8}, "completion_tokens_details": {"reasoning_tokens": 64}});
+        let u = super::usage_of(&usage).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens), (20, 90, 8, 64));
+        assert_eq!(u.to_json()["completion_tokens_details"]["reasoning_tokens"], 64);
     }
 }
