@@ -428,9 +428,10 @@ async fn chat_streams() -> Result<()> {
         "messages": [{"role": "user", "content": "Tell me a story"}]});
     println!("## Chat stream: 20 content chunks + usage from a fake OpenAI on loopback");
     println!(
-        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
-        "path", "conc", "ttft p50", "ttft p99", "all p50", "all p99", "req/s", "n"
+        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>9}",
+        "path", "conc", "ttft p50", "ttft p99", "all p50", "all p99", "req/s", "n", "conns/1k"
     );
+    println!("(conns/1k: new TCP connections the fake provider accepted per 1,000 chats of the row)");
     for (concurrency, total) in [(1usize, 400usize), (32, 3200)] {
         let runs: [(&str, String, Option<&str>, &serde_json::Value, Wire); 5] = [
             (
@@ -472,20 +473,23 @@ async fn chat_streams() -> Result<()> {
         let mut baseline: Option<(Duration, Duration)> = None;
         for (name, url, token, body, wire) in runs {
             stream_load(&url, token, body, wire, concurrency, concurrency * 4).await?; // warm-up
+            let opened_before = fake.connections();
             let (times, elapsed) = stream_load(&url, token, body, wire, concurrency, total).await?;
+            let opened = fake.connections() - opened_before;
             let mut ttft: Vec<Duration> = times.iter().map(|t| t.first_token).collect();
             let mut whole: Vec<Duration> = times.iter().map(|t| t.whole).collect();
             ttft.sort();
             whole.sort();
             let (t50, t99) = (percentile(&ttft, 0.5), percentile(&ttft, 0.99));
             println!(
-                "{name:<44} {concurrency:>5} {:>9} {:>9} {:>9} {:>9} {:>8.0} {:>6}",
+                "{name:<44} {concurrency:>5} {:>9} {:>9} {:>9} {:>9} {:>8.0} {:>6} {:>9.1}",
                 ms(t50),
                 ms(t99),
                 ms(percentile(&whole, 0.5)),
                 ms(percentile(&whole, 0.99)),
                 times.len() as f64 / elapsed.as_secs_f64(),
-                times.len()
+                times.len(),
+                opened as f64 * 1000.0 / times.len().max(1) as f64
             );
             match baseline {
                 None => baseline = Some((t50, t99)),

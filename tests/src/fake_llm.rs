@@ -86,6 +86,7 @@ pub struct FakeProvider {
     pub origin: String,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for FakeProvider {
@@ -111,8 +112,9 @@ impl FakeProvider {
     pub async fn start(script: Vec<Answer>, fallback: Option<Answer>) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(State { script: script.into(), fallback, ..Default::default() }));
         let shared = state.clone();
-        let (addr, task) = crate::serve_http(move |req| answer(shared.clone(), req)).await?;
-        Ok(FakeProvider { origin: format!("http://{addr}"), state, task })
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (addr, task) = crate::serve_http_counting(move |req| answer(shared.clone(), req), accepted.clone()).await?;
+        Ok(FakeProvider { origin: format!("http://{addr}"), state, task, accepted })
     }
 
     /// A fake that answers every request by its `stream` flag: `stream` as SSE, the others with
@@ -126,6 +128,11 @@ impl FakeProvider {
             ));
         }
         Ok(fake)
+    }
+
+    /// TCP connections accepted so far (a client keeping connections alive opens few).
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request so far.

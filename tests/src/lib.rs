@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -443,11 +444,28 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_http_counting(handle, Arc::default()).await
+}
+
+/// [`serve_http`], counting the connections it accepts into `accepted` (how a test sees whether
+/// its client kept a connection alive).
+pub async fn serve_http_counting<F, Fut, B>(
+    handle: F,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = stream.set_nodelay(true);
             let handle = handle.clone();
             tokio::spawn(async move {

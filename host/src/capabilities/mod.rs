@@ -2,6 +2,7 @@
 //! factors: what each does is Spin's behaviour, checked against Spin's own implementation and
 //! conformance suite.
 
+pub mod http_pool;
 pub mod keyvalue;
 pub mod outbound;
 pub mod postgres;

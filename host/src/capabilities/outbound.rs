@@ -1,5 +1,6 @@
 //! Outbound network policy: `allowed_outbound_hosts`, enforced on wasi:http requests and on
 //! Postgres connections, as Spin does. A denied request is an error to the guest and a log line.
+//! Allowed requests go out on kept-alive connections (`http_pool`).
 
 use anyhow::{bail, Context, Result};
 use std::sync::Arc;
@@ -195,7 +196,9 @@ impl WasiHttpHooks for OutboundHttp {
         let _ = fut;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // Kept-alive connections per origin (`http_pool`); their I/O runs in their own task.
+            let res = super::http_pool::send(request, options).await?;
+            let io = async { Ok(()) };
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
         })
     }

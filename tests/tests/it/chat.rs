@@ -1026,3 +1026,56 @@ async fn prompt_cache_writes_and_reasoning_tokens_are_counted_and_priced_apart()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn provider_connections_are_kept_alive_and_a_cut_one_is_not_reused() -> anyhow::Result<()> {
+    let stream = fake_llm::openai_stream("gpt-4o-mini", &["kept ", "alive"], 5, 2);
+    let whole = fake_llm::openai_completion("gpt-4o-mini", "kept alive", 5, 2);
+    let fake = FakeProvider::start_by_kind(stream, whole).await?;
+    let db = TestDb::start().await?;
+    // One worker thread: idle connections are kept per thread.
+    let host = start(
+        &db,
+        &[("openai", &fake)],
+        &[("CHATEDGE_THREADS", "1"), ("SPIN_VARIABLE_RATELIMIT_CHAT", "1000/min:1000")],
+    )
+    .await?;
+    let ivan = db.user().await?;
+    for i in 0..6 {
+        let body =
+            json!({"model": "gpt-4o-mini", "stream": i % 2 == 0, "messages": [{"role": "user", "content": "hi"}]});
+        let r = host.json("POST", "/v1/chat/completions", &ivan.token, body).await?;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(fake.received().len(), 6);
+    assert_eq!(fake.connections(), 1, "six chats, streamed and whole, on one kept connection");
+
+    // A stream the client leaves mid-way closes its upstream connection; the next chat opens a
+    // new one and is answered in full.
+    let slow = fake_llm::openai_stream("gpt-4o-mini", &["a ", "b ", "c ", "d ", "e "], 5, 5);
+    let answer = Answer::Stream { events: slow, delay: Duration::from_millis(200), end: End::Finish };
+    let cut = FakeProvider::start(
+        vec![answer],
+        Some(fake_llm::stream(fake_llm::openai_stream("gpt-4o-mini", &["whole"], 5, 1))),
+    )
+    .await?;
+    let host = start(
+        &db,
+        &[("openai", &cut)],
+        &[("CHATEDGE_THREADS", "1"), ("SPIN_VARIABLE_RATELIMIT_CHAT", "1000/min:1000")],
+    )
+    .await?;
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "slow"}]});
+    let mut response = host.open("/v1/chat/completions", &ivan.token, &body).await?;
+    assert_eq!(response.status(), 200);
+    // The first frame, then the client goes away.
+    let _ = response.body_mut().frame().await;
+    drop(response);
+    assert!(cut.wait_hung_up(1, Duration::from_secs(10)).await, "the upstream stream was closed");
+    let body = json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "again"}]});
+    let r = host.json("POST", "/v1/chat/completions", &ivan.token, body).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(content_deltas(&sse_json(&r.body)), "whole");
+    assert_eq!(cut.connections(), 2, "the cut connection was not reused");
+    Ok(())
+}

@@ -12,7 +12,7 @@ use crate::responses::{Ending, StreamWriter};
 use crate::sse;
 use futures::SinkExt;
 use shared::outbound;
-use shared::spin::Responder;
+use shared::spin::{BodySink, Responder};
 
 /// Why the stream stopped.
 enum StreamEnd {
@@ -119,8 +119,17 @@ pub(crate) async fn stream_reply(
             }
         }
     };
-    // Closes the upstream connection whatever happened (a disconnected client stops the spend).
-    drop(response);
+    // Closes the upstream connection whatever happened (a disconnected client stops the spend),
+    // except after the provider's own end of stream: then the rest of its body (the chunked
+    // terminator) is read once the client has everything, so the host can keep the connection
+    // for the next call.
+    let finished_upstream = match end {
+        StreamEnd::Done => Some(response),
+        _ => {
+            drop(response);
+            None
+        }
+    };
     let (status, error) = match &end {
         StreamEnd::Done => ("complete", None),
         StreamEnd::ClientGone => ("incomplete", Some("the client disconnected".to_owned())),
@@ -161,7 +170,7 @@ pub(crate) async fn stream_reply(
             StreamEnd::Done | StreamEnd::ClientGone => writer.natural_ending(),
         };
         tail.extend(writer.finish(&ending, usage, call.extension(cost, estimated, provider)));
-        let _ = sink.send(tail).await;
+        close_then_drain(sink, tail, finished_upstream).await;
         return;
     }
     if let Shape::Anthropic(writer) = &mut shape {
@@ -179,7 +188,7 @@ pub(crate) async fn stream_reply(
                 tail.extend(writer.finish(usage, call.extension(cost, estimated, provider)))
             }
         }
-        let _ = sink.send(tail).await;
+        close_then_drain(sink, tail, finished_upstream).await;
         return;
     }
     match &end {
@@ -197,5 +206,23 @@ pub(crate) async fn stream_reply(
     final_chunk["chatedge"] = call.extension(cost, estimated, provider);
     tail.extend(sse::data_event(&final_chunk.to_string()));
     tail.extend_from_slice(sse::DONE);
+    close_then_drain(sink, tail, finished_upstream).await;
+}
+
+/// Most chunks read after a provider's end of stream before its connection is given up.
+const MAX_DRAIN_CHUNKS: usize = 8;
+
+/// Sends the last bytes and ends the client's response; then reads what is left of a finished
+/// upstream body (at most [`MAX_DRAIN_CHUNKS`]), which lets the host keep its connection.
+async fn close_then_drain(mut sink: BodySink, tail: Vec<u8>, finished_upstream: Option<outbound::Response>) {
     let _ = sink.send(tail).await;
+    drop(sink);
+    if let Some(mut upstream) = finished_upstream {
+        for _ in 0..MAX_DRAIN_CHUNKS {
+            match upstream.chunk().await {
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            }
+        }
+    }
 }
