@@ -1,6 +1,10 @@
 -- The application schema (seed 001), with the indexes its queries use.
 
-create extension if not exists pgcrypto;  -- gen_random_uuid() on Postgres < 13
+-- gen_random_uuid() is built in from Postgres 13; older servers need pgcrypto (which a server
+-- built without OpenSSL, like the pinned one with pgvector, does not have).
+do $$ begin
+  if current_setting('server_version_num')::int < 130000 then create extension if not exists pgcrypto; end if;
+end $$;
 
 create table public.profiles (
   id uuid primary key references auth.users (id) on delete cascade,

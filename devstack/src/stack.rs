@@ -94,12 +94,19 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Directory of `initdb`, `pg_ctl` and `postgres`: `CHATEDGE_PG_BIN`, then `pg_config --bindir`,
-/// then the newest `/usr/lib/postgresql/*/bin`.
+/// Directory of `initdb`, `pg_ctl` and `postgres`: `CHATEDGE_PG_BIN` (`./dev` points it at the
+/// pinned PostgreSQL with pgvector), then the system's ([`system_pg_bin_dir`]).
 pub fn pg_bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CHATEDGE_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
+    system_pg_bin_dir()
+}
+
+/// The system's PostgreSQL server binaries: the newest `/usr/lib/postgresql/*/bin`, then
+/// `pg_config --bindir`. Tests that need what the pinned server lacks (TLS: it is built
+/// without OpenSSL) or a server without pgvector use these.
+pub fn system_pg_bin_dir() -> Result<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
         .unwrap_or_default();
@@ -206,10 +213,37 @@ impl Cluster {
     /// the `postgres` user cannot reach that path (e.g. under /root), the cluster lives under
     /// /var/tmp/chatedge/ instead and `preferred` becomes a symlink to it.
     pub fn open_or_init(preferred: &Path, superuser_password: &str, throwaway: bool) -> Result<Cluster> {
-        let bin = pg_bin_dir()?;
+        Self::open_or_init_with(preferred, superuser_password, throwaway, None)
+    }
+
+    /// [`Cluster::open_or_init`] with the server binaries named (`None`: [`pg_bin_dir`]). An
+    /// existing cluster keeps the binaries that made it (recorded in its `pg_bin` file; one made
+    /// before that file existed by the system's server of its major version), so a data folder
+    /// is never opened by a server of another major version.
+    pub fn open_or_init_with(
+        preferred: &Path,
+        superuser_password: &str,
+        throwaway: bool,
+        bin: Option<PathBuf>,
+    ) -> Result<Cluster> {
         let root = Self::usable_root(preferred)?;
         let data = root.join("data");
+        let recorded = std::fs::read_to_string(root.join("pg_bin")).ok().map(|s| PathBuf::from(s.trim()));
+        let bin = match (recorded, data.join("PG_VERSION").exists()) {
+            (Some(dir), true) if dir.join("pg_ctl").exists() => dir,
+            (_, true) => {
+                let major = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default().trim().to_owned();
+                let system = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+                if system.join("pg_ctl").exists() {
+                    system
+                } else {
+                    bin.map(Ok).unwrap_or_else(pg_bin_dir)?
+                }
+            }
+            (_, false) => bin.map(Ok).unwrap_or_else(pg_bin_dir)?,
+        };
         if !data.join("PG_VERSION").exists() {
+            std::fs::write(root.join("pg_bin"), bin.to_string_lossy().as_bytes())?;
             cluster_dir(&root)?;
             let pwfile = root.join("pwfile");
             write_private(&pwfile, format!("{superuser_password}\n").as_bytes())?;

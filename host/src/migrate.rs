@@ -5,6 +5,18 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// Earlier texts of migrations changed in a way that leaves a database they made as it is
+/// (version, SHA-256 of the earlier text): a database that applied one is not refused. 0002
+/// created pgcrypto unconditionally; it now does so only on Postgres < 13 (where
+/// gen_random_uuid() needs it), so that servers without pgcrypto can be migrated.
+const COMPATIBLE_REVISIONS: &[(&str, &str)] =
+    &[("0002", "d3b229234e1d6bf5feba89851b13e17896aaa1552874fe6e47d5b0b5025e907c")];
+
+/// Whether a recorded checksum is this migration's, or an earlier text's it replaced compatibly.
+fn same_migration(version: &str, recorded: &str, current: &str) -> bool {
+    recorded == current || COMPATIBLE_REVISIONS.iter().any(|(v, c)| *v == version && *c == recorded)
+}
+
 /// One migration file.
 #[derive(Debug)]
 pub struct Migration {
@@ -73,7 +85,7 @@ async fn apply(client: &mut tokio_postgres::Client, migrations: &[Migration]) ->
     let mut done = Vec::new();
     for m in migrations {
         if let Some((_, name, checksum)) = applied.iter().find(|(v, _, _)| *v == m.version) {
-            if *checksum != m.checksum {
+            if !same_migration(&m.version, checksum, &m.checksum) {
                 bail!("migration {} was changed after it was applied (as {name}); add a new migration instead", m.name);
             }
             continue;
@@ -116,5 +128,14 @@ mod tests {
         let m = read_dir(&dir).unwrap();
         assert!(m.len() >= 3);
         assert_eq!(m[0].name, "0001_auth_stub.sql");
+    }
+
+    #[test]
+    fn an_edited_migration_is_refused_unless_its_earlier_text_is_listed() {
+        assert!(same_migration("0003", "abc", "abc"));
+        assert!(!same_migration("0003", "abc", "def"));
+        let (version, earlier) = COMPATIBLE_REVISIONS[0];
+        assert!(same_migration(version, earlier, "anything-now"));
+        assert!(!same_migration("0001", earlier, "anything-now"));
     }
 }

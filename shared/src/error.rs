@@ -35,7 +35,9 @@ error_codes! {
     BudgetUnavailable => "budget_unavailable", "503: the spend budget could not be checked.";
     Conflict => "conflict", "409: the change collides with existing data.";
     DatabaseUnavailable => "database_unavailable", "503: Postgres is unreachable or refused the connection.";
+    DocumentUnreadable => "document_unreadable", "422: the file's text could not be extracted (`processing_error` says why); upload it again.";
     EmptyFile => "empty_file", "400: an upload without bytes.";
+    FeatureUnavailable => "feature_unavailable", "503: the server lacks what the route needs (document search without pgvector).";
     Forbidden => "forbidden", "403: authenticated, but not allowed to do this.";
     InternalError => "internal_error", "500: a defect on our side; the request id is in the log.";
     InvalidCursor => "invalid_cursor", "400: a pagination cursor that is not one of ours.";

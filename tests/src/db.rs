@@ -88,7 +88,17 @@ impl TestDb {
     /// A server of its own (initdb, start, migrate), for tests that stop it, reconfigure it
     /// or change cluster-wide roles.
     pub async fn dedicated() -> Result<Self> {
-        let mut cluster = new_cluster(THROWAWAY_OPTIONS)?;
+        Self::dedicated_with(None).await
+    }
+
+    /// A dedicated server run by the system's PostgreSQL (Debian's), which has no pgvector: the
+    /// migrations still apply and the document routes answer 503 feature_unavailable.
+    pub async fn without_vector() -> Result<Self> {
+        Self::dedicated_with(Some(devstack::system_pg_bin_dir()?)).await
+    }
+
+    async fn dedicated_with(bin: Option<PathBuf>) -> Result<Self> {
+        let mut cluster = new_cluster(THROWAWAY_OPTIONS, bin)?;
         cluster.start(devstack::free_port()?)?;
         let db = TestDb {
             port: cluster.port,
@@ -138,7 +148,8 @@ impl TestDb {
     /// throwaway CA, both made with openssl) and plain TCP refused (`hostssl` only), so a
     /// connection that works is an encrypted one. Returns the CA certificate for `sslrootcert`.
     pub async fn start_tls() -> Result<(Self, PathBuf)> {
-        let db = TestDb::dedicated().await?;
+        // The pinned server is built without OpenSSL: TLS tests run the system's.
+        let db = TestDb::without_vector().await?;
         let root = db.root()?.to_owned();
         let ca = crate::tls::make_server_certificate(&root)?;
         let (cert, key) = (root.join("server.crt"), root.join("server.key"));
@@ -252,7 +263,7 @@ async fn shared_server() -> Result<&'static SharedServer> {
     SHARED
         .get_or_try_init(|| async {
             remove_abandoned_servers();
-            let mut cluster = new_cluster(SHARED_OPTIONS)?;
+            let mut cluster = new_cluster(SHARED_OPTIONS, None)?;
             cluster.start(devstack::free_port()?)?;
             let server = SharedServer { port: cluster.port, superuser_password: cluster.superuser_password.clone() };
             let first =
@@ -289,7 +300,7 @@ async fn migrate_and_prepare(url: &str) -> Result<()> {
 }
 
 /// A new cluster under [`CLUSTERS`], marked with this process's pid.
-fn new_cluster(options: &str) -> Result<Cluster> {
+fn new_cluster(options: &str, bin: Option<PathBuf>) -> Result<Cluster> {
     let root = PathBuf::from(CLUSTERS).join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir_all(CLUSTERS)?;
     #[cfg(unix)]
@@ -299,7 +310,7 @@ fn new_cluster(options: &str) -> Result<Cluster> {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
         }
     }
-    let cluster = Cluster::open_or_init(&root, &devstack::random_hex(12), true)
+    let cluster = Cluster::open_or_init_with(&root, &devstack::random_hex(12), true, bin)
         .with_context(|| format!("initialising a test cluster in {}", root.display()))?
         .with_server_options(options);
     std::fs::write(root.join("owner.pid"), std::process::id().to_string())?;
