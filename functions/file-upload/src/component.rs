@@ -7,6 +7,7 @@
 //! rows are written through RLS only after the objects are stored, and the objects are deleted
 //! again if the rows cannot be written.
 
+use crate::documents;
 use crate::multipart::{hex, read_multipart, validate, Received};
 use crate::settings::Settings;
 use crate::storage::StorageConfig;
@@ -29,8 +30,8 @@ const MULTIPART_OVERHEAD: usize = 64 * 1024;
 /// How long a presigned URL used by the function itself stays valid.
 const INTERNAL_URL_TTL: Duration = Duration::from_secs(300);
 
-const COLUMNS: &str =
-    "id, conversation_id, original_name, storage_key, mime_type, size_bytes, sha256, status, created_at";
+const COLUMNS: &str = "id, conversation_id, original_name, storage_key, mime_type, size_bytes, sha256, status, \
+                       processing_status, chunk_count, processing_error, created_at";
 
 #[http_component]
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
@@ -145,7 +146,9 @@ async fn upload(
     };
     let storage = settings.storage()?;
     store_all(&storage, &files).await?;
-    match write_rows(&principal, &user_id, &files, conversation_id.as_deref()) {
+    // Documents are split into chunks now (pure, fast) and embedded later by chat-completion.
+    let indexes: Vec<Option<Index>> = files.iter().map(|f| index(f, settings.chunk_plan)).collect();
+    match write_rows(&principal, &user_id, &files, &indexes, conversation_id.as_deref()) {
         Ok(rows) => Ok((201, json!({"files": rows}))),
         Err(e) => {
             // No orphans: the rows did not land, so neither may the objects.
@@ -199,6 +202,8 @@ async fn stream_raw(
         eprintln!("file-upload: streaming PUT {key}, first bytes: {e:?}");
         return Err(storage_unavailable("write failed"));
     }
+    // A document is also kept (up to the upload cap) to be indexed after it is stored.
+    let mut kept = if documents::is_document(&mime) { head.clone() } else { Vec::new() };
     drop(head);
     while let Some(chunk) = outbound::read_chunk(&stream, 1 << 20).await {
         let chunk = chunk.map_err(|_| unreadable())?;
@@ -207,6 +212,9 @@ async fn stream_raw(
             return Err(ApiError::bad_request(ErrorCode::BodyReadFailed, "the body is longer than its Content-Length"));
         }
         hasher.update(&chunk);
+        if !kept.is_empty() {
+            kept.extend_from_slice(&chunk);
+        }
         if let Err(e) = writer.write(&chunk).await {
             eprintln!("file-upload: streaming PUT {key} after {total} bytes: {e:?}");
             drop(writer);
@@ -240,7 +248,7 @@ async fn stream_raw(
         display_name,
         safe_name,
         mime,
-        bytes: Vec::new(),
+        bytes: kept,
         size: total,
         stored: true,
         sha256: hex(&hasher.finalize()),
@@ -313,10 +321,29 @@ async fn remove_objects(storage: &StorageConfig, files: &[Received]) {
     }
 }
 
+/// What indexing made of one uploaded document: its chunks (status `pending`, to be embedded)
+/// or why it could not be read (status `failed`).
+struct Index {
+    text: Option<String>,
+    chunks: Vec<documents::Chunk>,
+    error: Option<String>,
+}
+
+fn index(file: &Received, plan: documents::ChunkPlan) -> Option<Index> {
+    if !documents::is_document(&file.mime) || file.bytes.is_empty() {
+        return None;
+    }
+    Some(match documents::extract(&file.mime, &file.bytes, plan) {
+        Ok(doc) => Index { text: Some(doc.text), chunks: doc.chunks, error: None },
+        Err(e) => Index { text: None, chunks: Vec::new(), error: Some(e.to_string()) },
+    })
+}
+
 fn write_rows(
     principal: &shared::auth::Principal,
     user_id: &str,
     files: &[Received],
+    indexes: &[Option<Index>],
     conversation_id: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
     let mut tx = RlsTransaction::begin(principal)?;
@@ -332,12 +359,22 @@ fn write_rows(
     // (migrations/0006): the rows go in as service_role, owned by the verified caller.
     tx.become_service_role()?;
     let mut rows = Vec::new();
-    for f in files {
+    for (f, index) in files.iter().zip(indexes) {
+        let (status, text, count, error) = match index {
+            None => (ParameterValue::DbNull, ParameterValue::DbNull, 0, ParameterValue::DbNull),
+            Some(ix) => (
+                ParameterValue::Str(if ix.error.is_some() { "failed" } else { "pending" }.to_owned()),
+                ix.text.clone().map(ParameterValue::Str).unwrap_or(ParameterValue::DbNull),
+                ix.chunks.len() as i32,
+                ix.error.clone().map(ParameterValue::Str).unwrap_or(ParameterValue::DbNull),
+            ),
+        };
         let row = tx
             .query_json(
                 &format!(
                     "with f as (insert into public.file_uploads (id, user_id, conversation_id, original_name, storage_key, \
-                       mime_type, size_bytes, sha256) values ($1, $8, $2, $3, $4, $5, $6, $7) returning *) \
+                       mime_type, size_bytes, sha256, processing_status, extracted_text, chunk_count, processing_error) \
+                       values ($1, $8, $2, $3, $4, $5, $6, $7, $9::text, $10::text, $11::int4, $12::text) returning *) \
                      select row_to_json(x)::text from (select {COLUMNS} from f) x"
                 ),
                 &[
@@ -349,15 +386,59 @@ fn write_rows(
                     ParameterValue::Int64(f.size as i64),
                     ParameterValue::Str(f.sha256.clone()),
                     ParameterValue::Uuid(user_id.to_owned()),
+                    status,
+                    text,
+                    ParameterValue::Int32(count),
+                    error,
                 ],
             )?
             .ok_or_else(|| ApiError::internal("insert returned nothing"))?;
+        if let Some(ix) = index.as_ref().filter(|ix| !ix.chunks.is_empty()) {
+            insert_chunks(&mut tx, &f.id, user_id, &ix.chunks)?;
+        }
         let mut v: Value = serde_json::from_str(&row).map_err(|_| ApiError::internal("bad JSON from the database"))?;
         v["safe_name"] = json!(f.safe_name);
         rows.push(v);
     }
     tx.commit()?;
     Ok(rows)
+}
+
+/// Most chunks sent to the database in one statement.
+const CHUNKS_PER_STATEMENT: usize = 500;
+
+/// A document's chunks, in statements of [`CHUNKS_PER_STATEMENT`] rows.
+fn insert_chunks(
+    tx: &mut RlsTransaction,
+    file_id: &str,
+    user_id: &str,
+    chunks: &[documents::Chunk],
+) -> Result<(), ApiError> {
+    for (batch_no, batch) in chunks.chunks(CHUNKS_PER_STATEMENT).enumerate() {
+        let rows: Vec<Value> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({"chunk_index": batch_no * CHUNKS_PER_STATEMENT + i, "content": c.content,
+                       "heading": c.heading, "page_number": c.page_number, "token_count": c.token_count})
+            })
+            .collect();
+        tx.query(
+            "with c as (insert into public.document_chunks (file_id, user_id, chunk_index, content, heading, \
+                          page_number, token_count) \
+                        select $1, $2, x.chunk_index, x.content, x.heading, x.page_number, x.token_count \
+                          from jsonb_to_recordset($3::text::jsonb) as x(chunk_index int, content text, heading text, \
+                                                                       page_number int, token_count int) \
+                        returning 1) \
+             select count(*) from c",
+            &[
+                ParameterValue::Uuid(file_id.to_owned()),
+                ParameterValue::Uuid(user_id.to_owned()),
+                ParameterValue::Str(Value::Array(rows).to_string()),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// The row's storage key, if it is one this function could have made for this caller and row

@@ -1,9 +1,11 @@
 //! `/functions/v1/file-upload`: streamed uploads into S3-protocol storage, metadata through RLS.
-//! `multipart` (reading and validating files), `upload` (names, types, storage keys) and
+//! `documents` (a document's text in chunks for retrieval, `pdf` its PDF text layer), `multipart` (reading and validating files), `upload` (names, types, storage keys) and
 //! `storage` (presigned S3 requests) and `settings` (its variables, read once) are plain Rust, tested natively; `component` is the Spin
 //! component around them (wasm32 only).
 
+pub mod documents;
 pub mod multipart;
+pub mod pdf;
 pub mod settings;
 pub mod storage;
 pub mod upload;

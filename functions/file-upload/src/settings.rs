@@ -1,6 +1,7 @@
 //! Every variable file-upload reads (besides the shared auth, database and limiter ones), read
 //! in this one place, with the defaults here and nowhere else.
 
+use crate::documents::ChunkPlan;
 use crate::storage::StorageConfig;
 use crate::upload::DEFAULT_MAX_BYTES;
 use shared::ApiError;
@@ -26,6 +27,8 @@ pub const VARIABLES: &[&str] = &[
     "upload_max_bytes",
     "upload_allowed_types",
     "upload_url_expiry_secs",
+    "document_chunk_tokens",
+    "document_chunk_overlap_tokens",
 ];
 
 /// The component's settings.
@@ -51,6 +54,9 @@ pub struct Settings {
     pub allowed_types: Option<String>,
     /// `upload_url_expiry_secs`, within 1 s and a week.
     pub url_expiry_secs: u64,
+    /// How documents are cut for retrieval: `document_chunk_tokens` (50-4,000) and
+    /// `document_chunk_overlap_tokens` (at most a quarter of a chunk).
+    pub chunk_plan: ChunkPlan,
 }
 
 impl Settings {
@@ -72,6 +78,18 @@ impl Settings {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(DEFAULT_URL_EXPIRY_SECS)
                 .clamp(1, MAX_URL_EXPIRY_SECS),
+            chunk_plan: {
+                let default = ChunkPlan::default();
+                let max_tokens = var("document_chunk_tokens")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(default.max_tokens)
+                    .clamp(50, 4000);
+                let overlap_tokens = var("document_chunk_overlap_tokens")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(default.overlap_tokens)
+                    .min(max_tokens / 4);
+                ChunkPlan { max_tokens, overlap_tokens, ..default }
+            },
         }
     }
 
