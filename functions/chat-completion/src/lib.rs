@@ -7,12 +7,14 @@
 //! behind one trait), `sse` (the event-stream codec), `retry` (backoff), `failure` (upstream
 //! failures as the error envelope), `accounting` (what a call is charged), `pricing` (what
 //! that costs) and `settings` (every variable, read once). `responses` is the Responses API
-//! over the same steps, `anthropic_messages` Anthropic's Messages API over them, `embeddings` is `/v1/embeddings` in the same shape. `component` is the
+//! over the same steps, `anthropic_messages` Anthropic's Messages API over them, `embeddings` is `/v1/embeddings` in the same shape, `documents` retrieval over the user's
+//! uploaded documents (embedding their chunks, searching, context and citations). `component` is the
 //! Spin component that does the I/O around them (wasm32 only).
 
 pub mod accounting;
 pub mod anthropic_messages;
 pub mod context;
+pub mod documents;
 pub mod embeddings;
 pub mod failure;
 pub mod plan;

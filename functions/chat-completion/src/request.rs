@@ -71,6 +71,8 @@ pub struct ChatRequest {
     /// OpenAI parameters passed through to the upstream untouched (tools, tool_choice, stop,
     /// top_p, response_format, seed, ...).
     pub passthrough: Map<String, Value>,
+    /// The documents to retrieve context from (native `file_ids` / `use_documents`).
+    pub documents: Option<crate::documents::Scope>,
 }
 
 impl ChatRequest {
@@ -94,6 +96,7 @@ impl ChatRequest {
             system_prompt: None,
             stream: native,
             passthrough: Map::new(),
+            documents: None,
         }
     }
 
@@ -175,6 +178,8 @@ fn validate_messages(messages: &[Value]) -> Result<(), ApiError> {
 /// Keys of the native body; anything else is refused, so typos do not pass silently.
 const NATIVE_KEYS: &[&str] = &[
     "conversation_id",
+    "file_ids",
+    "use_documents",
     "message",
     "messages",
     "provider",
@@ -312,6 +317,7 @@ pub fn parse_native(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiErro
             req.passthrough.insert(k.to_owned(), v.clone());
         }
     }
+    req.documents = crate::documents::scope(&m)?;
     Ok(req)
 }
 

@@ -3,6 +3,7 @@
 //! below). The shared code's own variables (auth, database, limiter, budget) are named in
 //! `shared::variables`; [`crate::variables`] is the whole list a manifest must map.
 
+use crate::documents::RetrievalSettings;
 use crate::plan::Resilience;
 use crate::providers::{Provider, REGISTRY};
 use crate::request::{DEFAULT_CONTEXT_MESSAGES, DEFAULT_MAX_BODY_BYTES};
@@ -68,6 +69,8 @@ pub struct Settings {
     pub trust_forwarded_for: Option<String>,
     /// The `provider_*` timeouts and retries.
     pub resilience: Resilience,
+    /// Document retrieval: the embedding model and how many chunks a chat gets.
+    pub retrieval: RetrievalSettings,
 }
 
 impl Settings {
@@ -109,6 +112,7 @@ impl Settings {
             trusted_proxies: var("ratelimit_trusted_proxies"),
             trust_forwarded_for: var("ratelimit_trust_forwarded_for"),
             resilience: Resilience::from_variables(&var),
+            retrieval: RetrievalSettings::from_variables(var),
         }
     }
 
@@ -127,6 +131,7 @@ impl Settings {
             })
             .collect();
         names.extend(OWN.iter().map(|s| (*s).to_owned()));
+        names.extend(RetrievalSettings::VARIABLES.iter().map(|s| (*s).to_owned()));
         names
     }
 }

@@ -29,6 +29,11 @@ pub(crate) struct Call {
     /// The most the first target's prompt can count ([`crate::plan::prompt_token_bound`]): what a call
     /// cut off before it reported usage is charged, so a disconnect never undercounts.
     pub(crate) prompt_bound: u64,
+    /// The document chunks retrieved into the context (file, chunk, page, score), kept in the
+    /// assistant row's metadata and told to the client.
+    pub(crate) sources: Option<Value>,
+    /// The stored answer's text once the call completed (for embedding the exchange).
+    pub(crate) reply_text: Option<String>,
 }
 
 /// How the exchange ended.
@@ -128,6 +133,9 @@ impl Call {
         if failed_attempts > 0 {
             metadata["failed_attempts"] = json!(failed_attempts);
         }
+        if let Some(sources) = &self.sources {
+            metadata["sources"] = sources.clone();
+        }
         let spent_tokens: u64 = self.attempts.iter().map(|a| a.usage.prompt_tokens + a.usage.completion_tokens).sum();
         let spent_usd: f64 = self.attempts.iter().map(|a| a.cost_usd).sum();
         let result = store::finish_exchange(
@@ -148,8 +156,10 @@ impl Call {
             },
             &self.attempts,
         );
-        if let Err(e) = &result {
-            eprintln!("chat-completion: could not persist the outcome: {e}");
+        match &result {
+            Err(e) => eprintln!("chat-completion: could not persist the outcome: {e}"),
+            Ok(_) if outcome.status == "complete" && self.persisted.is_some() => self.reply_text = Some(outcome.text),
+            Ok(_) => {}
         }
         (usage, cost, estimated)
     }
@@ -171,6 +181,9 @@ impl Call {
             v["conversation_id"] = json!(p.conversation_id);
             v["user_message_id"] = json!(p.user_message_id);
             v["assistant_message_id"] = json!(p.assistant_message_id);
+        }
+        if let Some(sources) = &self.sources {
+            v["sources"] = sources.clone();
         }
         v
     }

@@ -31,10 +31,37 @@ pub(super) async fn embeddings_route(
     let body = shared::spin::read_body(req, incoming.content_length, settings.max_body_bytes).await?;
     let request = embeddings::parse(&body)?;
     admit(&user_id, &principal, client_ip, byo_key, responder)?;
+    let encoding = request.encoding_format;
+    let done = embed(user_id, principal, settings, byo_key, None, request).await?;
+    Ok((200, embeddings::answer(&done.embedded, &done.model, encoding, done.extension)))
+}
 
-    let provider = match request.provider.as_deref().and_then(Provider::parse) {
-        Some(p) => p,
-        None => match Provider::owning(&request.model) {
+/// What one embeddings call returned, settled.
+pub(crate) struct Embeddings {
+    /// The vectors in input order, with the usage charged.
+    pub(crate) embedded: embeddings::Embedded,
+    /// The model as the provider named it.
+    pub(crate) model: String,
+    /// The answer's `chatedge` object (cost, provider).
+    pub(crate) extension: Value,
+}
+
+/// One embeddings call for `user_id`, admitted already: the provider chosen, the cost bounded
+/// under a budget, the call made with the chat path's retries, and settled with one
+/// `api_usage` row. The embeddings route and document retrieval (`documents`) both use it;
+/// `endpoint`, when given, is the server to call instead of a provider's (`embedding_base_url`).
+pub(crate) async fn embed(
+    user_id: String,
+    principal: shared::auth::Principal,
+    settings: &Settings,
+    byo_key: Option<&str>,
+    endpoint: Option<plan::ProviderConfig>,
+    request: embeddings::EmbeddingsRequest,
+) -> Result<Embeddings, ApiError> {
+    let provider = match (&endpoint, request.provider.as_deref().and_then(Provider::parse)) {
+        (Some(config), _) => config.provider,
+        (None, Some(p)) => p,
+        (None, None) => match Provider::owning(&request.model) {
             Some(p) => p,
             None => Provider::parse(settings.default_provider.trim()).ok_or_else(|| {
                 ApiError::internal(format!(
@@ -44,7 +71,10 @@ pub(super) async fn embeddings_route(
             })?,
         },
     };
-    let config = plan::provider_config(provider, settings, byo_key)?;
+    let config = match endpoint {
+        Some(config) => config,
+        None => plan::provider_config(provider, settings, byo_key)?,
+    };
     let upstream =
         providers::embeddings_request(provider, &config.base_url, &config.api_key, &request).ok_or_else(|| {
             ApiError::bad_request(
@@ -81,6 +111,8 @@ pub(super) async fn embeddings_route(
         deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
         attempts: Vec::new(),
         prompt_bound: bound,
+        sources: None,
+        reply_text: None,
     };
     let targets = [target];
     let (target, mut response) = match connect(&mut call, &targets, &[upstream], &resilience, None).await {
@@ -129,5 +161,5 @@ pub(super) async fn embeddings_route(
     // The answer reports what was charged.
     embedded.usage = Some(charged);
     let extension = call.extension(cost, estimated, provider);
-    Ok((200, embeddings::answer(&embedded, &model, request.encoding_format, extension)))
+    Ok(Embeddings { embedded, model, extension })
 }

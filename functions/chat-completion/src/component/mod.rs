@@ -10,6 +10,7 @@
 
 mod attempts;
 mod call;
+mod documents;
 mod embed;
 mod responses_get;
 mod store;
@@ -72,70 +73,105 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         ),
     );
     let openai_route = matched.starts_with("/v1");
-    let result = match (openai_route, path_info.trim_end_matches('/'), &method) {
-        (true, "/models", Method::Get) => list_models(&incoming, &settings).await.map(|v| Some((200, v))),
-        (true, "/chat/completions", Method::Post) => {
-            chat_route(
-                req,
-                incoming,
+    let documents_route = matched.starts_with("/functions/v1/documents");
+    let search_route = matched.starts_with("/functions/v1/search");
+    let segments: Vec<&str> = path_info.split('/').filter(|s| !s.is_empty()).collect();
+    let result = if documents_route {
+        match (segments.as_slice(), &method) {
+            ([id, "process"], Method::Post) => documents::process_route(
+                &incoming,
+                id,
                 &settings,
-                Dialect::OpenAi,
                 byo_key.as_deref(),
                 client_ip.as_deref(),
                 &mut responder,
             )
             .await
+            .map(Some),
+            ([_, "process"], _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
+            _ => Err(ApiError::not_found("route")),
         }
-        (false, "" | "/", Method::Post) => {
-            chat_route(
-                req,
-                incoming,
-                &settings,
-                Dialect::Native,
-                byo_key.as_deref(),
-                client_ip.as_deref(),
-                &mut responder,
-            )
-            .await
+    } else if search_route {
+        match (segments.as_slice(), &method) {
+            ([], Method::Get) => {
+                documents::search_route(&incoming, &settings, byo_key.as_deref(), client_ip.as_deref(), &mut responder)
+                    .await
+                    .map(Some)
+            }
+            ([], _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+            _ => Err(ApiError::not_found("route")),
         }
-        (true, "/responses", Method::Post) => {
-            chat_route(
-                req,
-                incoming,
-                &settings,
-                Dialect::Responses,
-                byo_key.as_deref(),
-                client_ip.as_deref(),
-                &mut responder,
-            )
-            .await
-        }
-        (true, path, Method::Get) if path.starts_with("/responses/") => {
-            responses_get::get_response(&incoming, &path["/responses/".len()..]).map(|v| Some((200, v)))
-        }
-        (true, path, _) if path.starts_with("/responses/") => Err(ApiError::method_not_allowed("GET, OPTIONS")),
-        (true, "/messages", Method::Post) => {
-            chat_route(
-                req,
-                incoming,
-                &settings,
-                Dialect::Messages,
-                byo_key.as_deref(),
-                client_ip.as_deref(),
-                &mut responder,
-            )
-            .await
-        }
-        (true, "/embeddings", Method::Post) => {
-            embed::embeddings_route(req, incoming, &settings, byo_key.as_deref(), client_ip.as_deref(), &mut responder)
+    } else {
+        match (openai_route, path_info.trim_end_matches('/'), &method) {
+            (true, "/models", Method::Get) => list_models(&incoming, &settings).await.map(|v| Some((200, v))),
+            (true, "/chat/completions", Method::Post) => {
+                chat_route(
+                    req,
+                    incoming,
+                    &settings,
+                    Dialect::OpenAi,
+                    byo_key.as_deref(),
+                    client_ip.as_deref(),
+                    &mut responder,
+                )
                 .await
-                .map(Some)
+            }
+            (false, "" | "/", Method::Post) => {
+                chat_route(
+                    req,
+                    incoming,
+                    &settings,
+                    Dialect::Native,
+                    byo_key.as_deref(),
+                    client_ip.as_deref(),
+                    &mut responder,
+                )
+                .await
+            }
+            (true, "/responses", Method::Post) => {
+                chat_route(
+                    req,
+                    incoming,
+                    &settings,
+                    Dialect::Responses,
+                    byo_key.as_deref(),
+                    client_ip.as_deref(),
+                    &mut responder,
+                )
+                .await
+            }
+            (true, path, Method::Get) if path.starts_with("/responses/") => {
+                responses_get::get_response(&incoming, &path["/responses/".len()..]).map(|v| Some((200, v)))
+            }
+            (true, path, _) if path.starts_with("/responses/") => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+            (true, "/messages", Method::Post) => {
+                chat_route(
+                    req,
+                    incoming,
+                    &settings,
+                    Dialect::Messages,
+                    byo_key.as_deref(),
+                    client_ip.as_deref(),
+                    &mut responder,
+                )
+                .await
+            }
+            (true, "/embeddings", Method::Post) => embed::embeddings_route(
+                req,
+                incoming,
+                &settings,
+                byo_key.as_deref(),
+                client_ip.as_deref(),
+                &mut responder,
+            )
+            .await
+            .map(Some),
+            (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+            (true, "/chat/completions" | "/embeddings" | "/responses" | "/messages", _) | (false, "" | "/", _) => {
+                Err(ApiError::method_not_allowed("POST, OPTIONS"))
+            }
+            _ => Err(ApiError::not_found("route")),
         }
-        (true, "/models", _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
-        (true, "/chat/completions" | "/embeddings" | "/responses" | "/messages", _) | (false, "" | "/", _) => {
-            Err(ApiError::method_not_allowed("POST, OPTIONS"))
-        }
-        _ => Err(ApiError::not_found("route")),
     };
     match result {
         Ok(Some((status, body))) => responder.json(status, &body, &[]).await,
@@ -275,6 +311,15 @@ async fn chat_route(
     }
     let resilience = settings.resilience;
     let context_len = settings.context_messages;
+    // Retrieval first, before the conversation's transaction opens: it makes its own calls.
+    let retrieved = match &request.documents {
+        Some(scope) => {
+            // The question as asked, bounded (the embedding model's input is).
+            let question: String = request.user_text.chars().take(crate::documents::MAX_QUESTION_CHARS).collect();
+            Some(documents::retrieve(&user_id, &principal, settings, byo_key, scope, &question).await?)
+        }
+        None => None,
+    };
 
     let (mut open, system_prompt, history) = if request.persist {
         let first = &targets[0];
@@ -287,6 +332,16 @@ async fn chat_route(
         (None, request.system_prompt.clone(), Vec::new())
     };
     let messages = crate::context::context_messages(&request, system_prompt.as_deref(), &history);
+    let (messages, sources) = match retrieved {
+        Some(r) => (
+            match &r.block {
+                Some(block) => crate::documents::with_context(messages, block),
+                None => messages,
+            },
+            Some(r.sources),
+        ),
+        None => (messages, None),
+    };
     let has_tools = request.passthrough.get("tools").is_some_and(|t| !t.is_null());
 
     // Reserve the most this call can cost (every request byte a prompt token, plus the output
@@ -326,6 +381,8 @@ async fn chat_route(
         deadline_ns: outbound::now_ns().saturating_add(resilience.total_timeout.as_nanos() as u64),
         attempts: Vec::new(),
         prompt_bound: plan::prompt_token_bound(upstreams[0].payload.len(), &messages, has_tools),
+        sources,
+        reply_text: None,
     };
 
     // The first attempt starts now and the commit of the user's message overlaps it; nothing
@@ -354,6 +411,34 @@ async fn chat_route(
         Some(p) => crate::responses::response_id(&p.assistant_message_id),
         None => format!("resp_{}", outbound::random_id()),
     };
+    let reply = answer(&mut call, &request, dialect, echo, &response_id, target, response, responder).await;
+    if !settings.retrieval.embed_messages {
+        return reply;
+    }
+    // The exchange is embedded for search after the client has its answer.
+    let reply = match reply {
+        Ok(Some((status, body))) => {
+            responder.json(status, &body, &[]).await;
+            Ok(None)
+        }
+        other => other,
+    };
+    documents::embed_exchange(&call, settings, byo_key, &request.user_text).await;
+    reply
+}
+
+/// Streams or returns the provider's answer in the dialect asked for.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    call: &mut Call,
+    request: &ChatRequest,
+    dialect: Dialect,
+    echo: Option<crate::responses::Echo>,
+    response_id: &str,
+    target: &Target,
+    response: outbound::Response,
+    responder: &mut Responder,
+) -> Result<Option<(u16, Value)>, ApiError> {
     if dialect == Dialect::Messages {
         let id = match &call.persisted {
             Some(p) => format!("msg_{}", p.assistant_message_id.replace('-', "")),
@@ -361,30 +446,28 @@ async fn chat_route(
         };
         if request.stream {
             let writer = crate::anthropic_messages::StreamWriter::new(&id, &target.model);
-            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Anthropic(Box::new(writer)))
-                .await;
+            stream::stream_reply(call, target, response, responder, stream::Shape::Anthropic(Box::new(writer))).await;
             return Ok(None);
         }
-        let (completion, usage) = whole::whole_reply(&mut call, target, response).await?;
+        let (completion, usage) = whole::whole_reply(call, target, response).await?;
         let mut out = crate::anthropic_messages::from_completion(&id, &completion, usage);
         out["chatedge"] = completion["chatedge"].clone();
         return Ok(Some((200, out)));
     }
     match (request.stream, echo) {
         (true, None) => {
-            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Chat).await;
+            stream::stream_reply(call, target, response, responder, stream::Shape::Chat).await;
             Ok(None)
         }
         (true, Some(echo)) => {
-            let writer = crate::responses::StreamWriter::new(&response_id, now_unix(), &target.model, &echo);
-            stream::stream_reply(&mut call, target, response, responder, stream::Shape::Responses(Box::new(writer)))
-                .await;
+            let writer = crate::responses::StreamWriter::new(response_id, now_unix(), &target.model, &echo);
+            stream::stream_reply(call, target, response, responder, stream::Shape::Responses(Box::new(writer))).await;
             Ok(None)
         }
-        (false, None) => whole::whole_reply(&mut call, target, response).await.map(|(c, _)| Some((200, c))),
+        (false, None) => whole::whole_reply(call, target, response).await.map(|(c, _)| Some((200, c))),
         (false, Some(echo)) => {
-            let (completion, usage) = whole::whole_reply(&mut call, target, response).await?;
-            let mut out = crate::responses::from_completion(&response_id, now_unix(), &echo, &completion, usage);
+            let (completion, usage) = whole::whole_reply(call, target, response).await?;
+            let mut out = crate::responses::from_completion(response_id, now_unix(), &echo, &completion, usage);
             out["chatedge"] = completion["chatedge"].clone();
             Ok(Some((200, out)))
         }
