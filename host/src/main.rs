@@ -101,6 +101,8 @@ struct DevStack {
     s3: Option<chatedge_devstack::s3::S3Dev>,
     /// The supervised sandbox child, when the dev stack started one.
     sandbox: Option<chatedge_devstack::sandbox::SandboxChild>,
+    /// The local embedding model's server, when no embedding provider is configured.
+    embedder: Option<chatedge_devstack::embedder::EmbedServer>,
     /// Where it keeps its files.
     state_dir: PathBuf,
 }
@@ -135,8 +137,9 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
         providers.dev.insert("sandbox_secret".into(), secret);
         sandbox = Some(child);
     }
+    let embedder = local_embedder(&declares, providers).await?;
     if !need_db && !generated_jwt {
-        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3, sandbox, state_dir });
+        return Ok(DevStack { cluster: None, secrets: None, generated_jwt, s3, sandbox, embedder, state_dir });
     }
     let secrets = DevSecrets::load_or_create(&state_dir)?;
     let mut cluster = None;
@@ -161,7 +164,33 @@ async fn dev_stack(manifest: &LoadedManifest, state_dir: &Path, providers: &mut 
     if generated_jwt {
         providers.dev.insert("supabase_jwt_secret".into(), secrets.jwt_secret.clone());
     }
-    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3, sandbox, state_dir })
+    Ok(DevStack { cluster, secrets: Some(secrets), generated_jwt, s3, sandbox, embedder, state_dir })
+}
+
+/// With no embedding provider configured (no `embedding_base_url`, `embedding_provider` or
+/// OpenAI key) and WordLlama unpacked (`CHATEDGE_WORDLLAMA_DIR`, set by `./dev`), serves the local
+/// model and points retrieval at it, so documents and search work with no key.
+async fn local_embedder(
+    declares: &dyn Fn(&str) -> bool,
+    providers: &mut Providers,
+) -> Result<Option<chatedge_devstack::embedder::EmbedServer>> {
+    use chatedge_devstack::embedder;
+    let configured =
+        ["embedding_base_url", "embedding_provider", "openai_api_key"].iter().any(|v| providers.provides(v));
+    if !declares("embedding_base_url") || configured {
+        return Ok(None);
+    }
+    let Some(dir) = embedder::model_dir() else {
+        tracing::info!("no embedding provider and no local model (CHATEDGE_WORDLLAMA_DIR): document search is off");
+        return Ok(None);
+    };
+    let server = embedder::serve(dir, "127.0.0.1:0").await?;
+    providers.dev.insert("embedding_base_url".into(), format!("{}/v1", server.origin));
+    providers.dev.insert("embedding_allowed_host".into(), server.origin.clone());
+    if !providers.provides("embedding_model") {
+        providers.dev.insert("embedding_model".into(), embedder::MODEL_NAME.into());
+    }
+    Ok(Some(server))
 }
 
 fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) -> Result<()> {
@@ -189,6 +218,10 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
         if let Some(child) = &dev.sandbox {
             let pid = child.pid().map(|p| format!("pid {p}")).unwrap_or_else(|| "restarting".into());
             writeln!(out, "  Code sandbox:      {} (supervised child process, {pid}, signed requests)", child.url)?;
+        }
+        if let Some(e) = &dev.embedder {
+            let model = chatedge_devstack::embedder::MODEL_NAME;
+            writeln!(out, "  Embeddings:        {}/v1 (local {model}, for documents and search)", e.origin)?;
         }
         writeln!(out, "  JWT secret:        {}", secrets.jwt_secret)?;
         writeln!(out, "  anon key:          {anon}")?;
