@@ -78,6 +78,16 @@ struct State {
     received: Vec<Received>,
     hung_up: usize,
     finished: usize,
+    /// Answers `/embeddings` itself, outside the script (see [`FakeProvider::embed_by_content`]).
+    embedder: Option<Embedder>,
+    /// Time spent making embeddings replies (the provider's share of an ingest).
+    embedding_time: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Embedder {
+    Up,
+    Down,
 }
 
 /// A running fake provider.
@@ -130,6 +140,37 @@ impl FakeProvider {
         Ok(fake)
     }
 
+    /// From now on answers every `POST …/embeddings` itself (the script is kept for chats) with
+    /// OpenAI's reply carrying [`content_vector`]s: the same text gets the same vector, texts
+    /// sharing words are near.
+    pub fn embed_by_content(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.embedder = Some(Embedder::Up);
+        }
+    }
+
+    /// Makes the embeddings endpoint answer `503` with OpenAI's error body (`down`), or work again.
+    pub fn set_embeddings_down(&self, down: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            s.embedder = Some(if down { Embedder::Down } else { Embedder::Up });
+        }
+    }
+
+    /// Time the fake spent making embeddings replies so far.
+    pub fn embedding_time(&self) -> Duration {
+        self.state.lock().map(|s| s.embedding_time).unwrap_or_default()
+    }
+
+    /// The embeddings requests received so far.
+    pub fn embedding_requests(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.path.ends_with("/embeddings")).collect()
+    }
+
+    /// The chat requests received so far (everything but embeddings).
+    pub fn chat_requests(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| !r.path.ends_with("/embeddings")).collect()
+    }
+
     /// TCP connections accepted so far (a client keeping connections alive opens few).
     pub fn connections(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
@@ -176,6 +217,13 @@ async fn answer(state: Arc<Mutex<State>>, req: hyper::Request<hyper::body::Incom
         let Ok(mut s) = state.lock() else { return plain(500, "poisoned") };
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let streaming = body["stream"] == Value::Bool(true);
+        if let Some(embedder) = s.embedder.filter(|_| path.ends_with("/embeddings")) {
+            let started = Instant::now();
+            let reply = embeddings_by_content(embedder, &body);
+            s.embedding_time += started.elapsed();
+            s.received.push(Received { path, headers, body, at: Instant::now() });
+            return reply;
+        }
         s.received.push(Received { path, headers, body, at: Instant::now() });
         let by_kind = s.by_kind.as_ref().map(|(stream, whole)| if streaming { stream.clone() } else { whole.clone() });
         s.script.pop_front().or_else(|| s.fallback.clone()).or(by_kind)
@@ -433,6 +481,59 @@ pub fn ok_json(body: String) -> Answer {
 }
 
 /// A stream answer with no pauses.
+fn embeddings_by_content(embedder: Embedder, body: &Value) -> Reply {
+    if embedder == Embedder::Down {
+        let error = openai_error("The server is overloaded or not ready yet.", "server_error", None);
+        return http::Response::builder()
+            .status(503)
+            .header("content-type", "application/json")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from(error))))
+            .unwrap_or_else(|_| plain(500, "bad response"));
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect(),
+        _ => Vec::new(),
+    };
+    let dims = body["dimensions"].as_u64().unwrap_or(256) as usize;
+    let vectors: Vec<Vec<f32>> = inputs.iter().map(|t| content_vector(t, dims)).collect();
+    let tokens: u64 = inputs.iter().map(|t| t.split_whitespace().count() as u64).sum();
+    let base64 = body["encoding_format"] == "base64";
+    let model = body["model"].as_str().unwrap_or("text-embedding-3-small");
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(http_body_util::Either::Left(Full::new(Bytes::from(openai_embeddings(
+            model,
+            &vectors,
+            tokens.max(1),
+            base64,
+        )))))
+        .unwrap_or_else(|_| plain(500, "bad response"))
+}
+
+/// A deterministic bag-of-words vector: each word (lowercased, its first five letters, so
+/// "volcano" and "volcanoes" agree) adds 1 to a dimension chosen by its FNV-1a hash; L2-normalised.
+pub fn content_vector(text: &str, dims: usize) -> Vec<f32> {
+    let dims = dims.max(1);
+    let mut v = vec![0f32; dims];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() >= 3) {
+        let stem: String = word.to_lowercase().chars().take(5).collect();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in stem.bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        v[(hash % dims as u64) as usize] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0;
+    }
+    v
+}
+
 pub fn stream(events: Vec<String>) -> Answer {
     Answer::Stream { events, delay: Duration::ZERO, end: End::Finish }
 }

@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub mod conformance;
 mod db;
+pub mod documents;
 pub mod fake_llm;
 pub mod flows;
 mod tls;

@@ -10,7 +10,7 @@ use std::time::Duration;
 const CHAT: &str = "/functions/v1/chat-completion";
 
 /// Variables pointing `provider` at `fake`, with short timeouts so failure tests stay quick.
-fn provider_env(provider: &str, fake: &FakeProvider) -> Vec<(String, String)> {
+pub(crate) fn provider_env(provider: &str, fake: &FakeProvider) -> Vec<(String, String)> {
     let base = match provider {
         "anthropic" => fake.origin.clone(),
         _ => format!("{}/v1", fake.origin),

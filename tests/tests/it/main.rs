@@ -8,6 +8,7 @@ mod chat;
 mod code;
 mod conformance;
 mod conversations;
+mod documents;
 mod embeddings;
 mod host;
 mod manifest;

@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const UPLOAD: &str = "/functions/v1/file-upload";
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\nIDATx\x9cc\0\x01\0\0\x05\0\x01\r\n-\xb4\0\0\0\0IEND\xaeB`\x82";
+pub(crate) const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89\0\0\0\nIDATx\x9cc\0\x01\0\0\x05\0\x01\r\n-\xb4\0\0\0\0IEND\xaeB`\x82";
 const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0\x40\x10\x40\0\0\0\0\0";
 
-struct Stack {
-    db: TestDb,
-    host: TestApp,
+pub(crate) struct Stack {
+    pub(crate) db: TestDb,
+    pub(crate) host: TestApp,
     root: PathBuf,
     _s3: S3Dev,
 }
 
-async fn stack(extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
+pub(crate) async fn stack(extra: &[(&str, &str)]) -> anyhow::Result<Stack> {
     let db = TestDb::start().await?;
     let root = PathBuf::from("/var/tmp/chatedge/test-s3").join(uuid::Uuid::new_v4().to_string());
     let s3 = s3dev::start(&root, "uploads", "127.0.0.1:0", "test-access", "test-secret-key").await?;
@@ -88,7 +88,7 @@ async fn post_multipart(host: &TestApp, user: &User, body: Vec<u8>, boundary: &s
     host.send("POST", UPLOAD, Some(&user.token), Some(body), &[("content-type", &ct)]).await
 }
 
-async fn post_raw(host: &TestApp, user: &User, name: &str, ct: &str, body: &[u8]) -> anyhow::Result<Reply> {
+pub(crate) async fn post_raw(host: &TestApp, user: &User, name: &str, ct: &str, body: &[u8]) -> anyhow::Result<Reply> {
     host.send("POST", UPLOAD, Some(&user.token), Some(body.to_vec()), &[("content-type", ct), ("x-file-name", name)])
         .await
 }
