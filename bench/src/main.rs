@@ -3,6 +3,7 @@
 //! loop is bounded by a request count and a time limit.
 
 mod code;
+mod rag;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -637,6 +638,7 @@ async fn main() -> Result<()> {
         Some("chat") => return chat_streams().await,
         Some("upload") => return uploads().await,
         Some("code") => return code::bench().await,
+        Some("rag") => return rag::bench().await,
         _ => {}
     }
     let baseline = plain_hyper().await?;
@@ -669,6 +671,8 @@ async fn main() -> Result<()> {
     chat_streams().await?;
     uploads().await?;
     code::bench().await?;
+    rag::bench().await?;
+    println!();
     let (p50, p99, n) = instantiation().await?;
     println!("## Per-request instantiation (fresh Store + instance of the health component, pooling allocator)");
     println!(
