@@ -17,6 +17,9 @@ pub const DEFAULT_TOP_K: usize = 5;
 pub const MAX_TOP_K: usize = 20;
 /// Least cosine similarity of a chunk put into a context when `rag_min_similarity` is unset.
 pub const DEFAULT_MIN_SIMILARITY: f64 = 0.25;
+/// Candidates an HNSW search keeps (pgvector's `hnsw.ef_search`; its default, 40, loses a
+/// third of the true nearest ten on the bench's corpus).
+pub const DEFAULT_EF_SEARCH: u32 = 100;
 /// Most files one chat may name.
 pub const MAX_FILE_IDS: usize = 20;
 /// Most inputs in one embeddings request (OpenAI takes 2,048; smaller batches fail smaller).
@@ -53,6 +56,8 @@ pub struct RetrievalSettings {
     /// Whether each stored exchange (user message and answer) is embedded for search, one
     /// embeddings call after the answer.
     pub embed_messages: bool,
+    /// `hnsw.ef_search` for every search and retrieval: recall bought with latency.
+    pub ef_search: u32,
 }
 
 impl RetrievalSettings {
@@ -65,6 +70,7 @@ impl RetrievalSettings {
         "rag_top_k",
         "rag_min_similarity",
         "embed_messages",
+        "rag_ef_search",
     ];
 
     /// Reads them (`var` answers `None` for unset or empty).
@@ -81,6 +87,11 @@ impl RetrievalSettings {
                 .unwrap_or(DEFAULT_MIN_SIMILARITY)
                 .clamp(-1.0, 1.0),
             embed_messages: matches!(var("embed_messages").as_deref().map(str::trim), Some("true" | "1")),
+            // pgvector's own bounds.
+            ef_search: var("rag_ef_search")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(DEFAULT_EF_SEARCH)
+                .clamp(1, 1000),
         }
     }
 }
@@ -440,5 +451,8 @@ mod tests {
             (s.top_k, s.min_similarity, s.embedding_model.as_str()),
             (MAX_TOP_K, DEFAULT_MIN_SIMILARITY, DEFAULT_EMBEDDING_MODEL)
         );
+        assert_eq!(s.ef_search, DEFAULT_EF_SEARCH);
+        let wide = RetrievalSettings::from_variables(|n| (n == "rag_ef_search").then(|| "5000".into()));
+        assert_eq!(wide.ef_search, 1000, "pgvector refuses more than 1000");
     }
 }

@@ -63,6 +63,7 @@ pub(super) async fn search_route(
     let model = &settings.retrieval.embedding_model;
     let mut hits: Vec<Value> = Vec::new();
     let mut tx = RlsTransaction::begin(&principal)?;
+    tune_vector_search(&mut tx, settings)?;
     if query.scope != SearchScope::Messages {
         let mut params = vec![
             ParameterValue::Str(vector.clone()),
@@ -214,6 +215,7 @@ pub(super) async fn retrieve(
         Scope::All => ParameterValue::DbNull,
     };
     let mut tx = RlsTransaction::begin(principal)?;
+    tune_vector_search(&mut tx, settings)?;
     let rows = tx.query_json(
         &format!(
             "select coalesce(json_agg(row_to_json(h) order by h.similarity desc), '[]')::text from (
@@ -396,6 +398,18 @@ async fn embed_chunks(
         }
     }
     Err(ApiError::internal("embedding a document did not finish"))
+}
+
+/// Sets, for this transaction, how wide the HNSW search is (`rag_ef_search`) and that it keeps
+/// going past rows the filters drop (another user's, another file's: pgvector 0.8's iterative
+/// scan), so a filtered search still finds its `limit` nearest. A server that has never loaded
+/// pgvector keeps them as placeholders, which it reads when it does.
+fn tune_vector_search(tx: &mut RlsTransaction, settings: &Settings) -> Result<(), ApiError> {
+    tx.query(
+        "select set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+        &[ParameterValue::Str(settings.retrieval.ef_search.to_string())],
+    )
+    .map(|_| ())
 }
 
 /// Embeds one query, as a vector literal.
