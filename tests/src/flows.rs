@@ -197,11 +197,14 @@ pub async fn api_surfaces(host: &TestApp, db: &TestDb) -> Result<()> {
     Ok(())
 }
 
-/// A fake that answers every call with the same short stream or completion.
+/// A fake that answers every chat with the same short stream or completion, and embeddings by
+/// content.
 pub async fn fake_provider() -> Result<FakeProvider> {
     let stream = fake_llm::openai_stream("gpt-4o-mini", &["Hello", " there"], 9, 2);
     let completion = fake_llm::openai_completion("gpt-4o-mini", "Hello there", 9, 2);
-    FakeProvider::start_by_kind(stream, completion).await
+    let fake = FakeProvider::start_by_kind(stream, completion).await?;
+    fake.embed_by_content();
+    Ok(fake)
 }
 
 /// Limits: the caller's state (one statement), and a 429 with its headers once spent.
@@ -298,6 +301,52 @@ pub async fn code(host: &TestApp, db: &TestDb) -> Result<()> {
     Ok(())
 }
 
+/// Documents: a Markdown upload chunked, embedded by the processing route, retrieved into a
+/// chat's context and cited, found by search — vectors through the runtime's Postgres driver.
+pub async fn documents(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()> {
+    let user = db.user().await?;
+    let notes = b"# Volcanoes\n\nMagma rises through the crust and erupts as lava.\n\n\
+                  # Gardening\n\nTomatoes need sunlight and rich soil.\n";
+    let up = host
+        .send(
+            "POST",
+            "/functions/v1/file-upload",
+            Some(&user.token),
+            Some(notes.to_vec()),
+            &[("content-type", "text/markdown"), ("x-file-name", "notes.md")],
+        )
+        .await?;
+    ensure!(up.status == 201, "upload: {} {}", up.status, String::from_utf8_lossy(&up.body));
+    let file = up.json()["files"][0].clone();
+    ensure!(file["processing_status"] == "pending" && file["chunk_count"] == 2, "{file}");
+    let id = file["id"].as_str().context("id")?.to_owned();
+    let processed = host.json("POST", &format!("/functions/v1/documents/{id}/process"), &user.token, json!({})).await?;
+    ensure!(processed.status == 200, "process: {} {}", processed.status, String::from_utf8_lossy(&processed.body));
+    ensure!(
+        processed.json()["processing_status"] == "completed" && processed.json()["embedded_chunks"] == 2,
+        "{}",
+        processed.json()
+    );
+    let body = json!({"message": "Where does magma erupt?", "file_ids": [id], "stream": false});
+    let chat = host.json("POST", CHAT, &user.token, body).await?;
+    ensure!(chat.status == 200, "chat: {} {}", chat.status, String::from_utf8_lossy(&chat.body));
+    let sources = chat.json()["chatedge"]["sources"].clone();
+    ensure!(sources.as_array().map(Vec::len) == Some(1) && sources[0]["file_id"] == id.as_str(), "sources {sources}");
+    let sent = fake.received();
+    let system = sent.iter().rev().find(|r| r.body["messages"].is_array()).map(|r| r.body["messages"][0].clone());
+    let system = system.unwrap_or_default();
+    ensure!(
+        system["role"] == "system" && system["content"].as_str().is_some_and(|c| c.contains("Magma rises")),
+        "context {system}"
+    );
+    let found = host.get("/functions/v1/search?q=magma%20lava&scope=documents", &user.token).await?;
+    ensure!(found.status == 200, "search: {} {}", found.status, String::from_utf8_lossy(&found.body));
+    let hits = found.json()["data"].clone();
+    ensure!(hits[0]["file_id"] == id.as_str() && hits[0]["heading"] == "Volcanoes", "hits {hits}");
+    ensure!(idle_in_transaction(db).await? == 0, "a connection was left idle in transaction");
+    Ok(())
+}
+
 /// Every flow against one running runtime.
 pub async fn all(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()> {
     conversations(host, db).await.context("conversations")?;
@@ -306,6 +355,7 @@ pub async fn all(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()>
     limits(host, db).await.context("limits")?;
     uploads(host, db).await.context("uploads")?;
     code(host, db).await.context("code")?;
+    documents(host, db, fake).await.context("documents")?;
     let health = host.send("GET", "/functions/v1/health", None, None, &[]).await?;
     ensure!(health.status == 200 && health.json() == json!({"status": "ok"}), "health");
     Ok(())

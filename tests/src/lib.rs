@@ -109,6 +109,18 @@ pub struct TestApp {
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+impl Drop for TestApp {
+    /// Ends the runtime's whole process group; `kill_on_drop` then reaps the runtime itself.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) on our own child's process group; no memory is involved.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Reply {
@@ -308,6 +320,9 @@ impl TestApp {
     async fn wait_serving(
         mut cmd: tokio::process::Command,
     ) -> Result<(tokio::process::Child, String, std::sync::Arc<std::sync::Mutex<String>>)> {
+        // Its own process group, so dropping the app also ends what it started (`spin up` runs
+        // `spin trigger http` as a child, which outlives a kill of its parent alone).
+        cmd.process_group(0);
         let mut child = cmd.spawn().context("spawning the runtime")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
