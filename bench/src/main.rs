@@ -385,6 +385,18 @@ async fn stream_load(
     Ok((all, start.elapsed()))
 }
 
+/// The variables that point file-upload at the bench's S3 server (`bench` / `bench-secret`).
+pub(crate) fn storage_vars(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SPIN_VARIABLE_STORAGE_ENDPOINT", endpoint.to_owned()),
+        ("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", endpoint.to_owned()),
+        ("SPIN_VARIABLE_STORAGE_ACCESS_KEY_ID", "bench".to_owned()),
+        ("SPIN_VARIABLE_STORAGE_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+        ("SPIN_VARIABLE_RATELIMIT_UPLOAD", "100000/min:100000".to_owned()),
+        ("CHATEDGE_LOG", "warn".to_owned()),
+    ]
+}
+
 /// `chatedge up` on `db` with `vars`, from the `chatedge` binary built beside this one.
 pub(crate) async fn host_under_bench(
     db: &chatedge_tests::TestDb,
@@ -530,18 +542,9 @@ async fn uploads() -> Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     let s3 = chatedge_devstack::s3::start(&root, "uploads", "127.0.0.1:0", "bench", "bench-secret").await?;
     let db = chatedge_tests::TestDb::start().await?;
-    let host = host_under_bench(
-        &db,
-        &[
-            ("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint),
-            ("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", &s3.endpoint),
-            ("SPIN_VARIABLE_STORAGE_ACCESS_KEY_ID", "bench"),
-            ("SPIN_VARIABLE_STORAGE_SECRET_ACCESS_KEY", "bench-secret"),
-            ("SPIN_VARIABLE_RATELIMIT_UPLOAD", "100000/min:100000"),
-            ("CHATEDGE_LOG", "warn"),
-        ],
-    )
-    .await?;
+    let vars = storage_vars(&s3.endpoint);
+    let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = host_under_bench(&db, &refs).await?;
     let user = db.user().await?;
     let pid = host.pid().context("host pid")?;
     // A PNG signature then pseudo-random bytes: the type check passes, nothing compresses.

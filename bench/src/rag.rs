@@ -3,7 +3,7 @@
 //! chunks in the pgvector Postgres, HNSW against an exact scan side by side, with HNSW's
 //! recall@10 against the exact answer.
 
-use crate::{host_under_bench, ms, percentile};
+use crate::{host_under_bench, ms, percentile, storage_vars};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use chatedge_devstack::embedder::WordLlama;
@@ -92,22 +92,15 @@ async fn ingest() -> Result<()> {
     fake.embed_by_content();
     let db = chatedge_tests::TestDb::start().await?;
     let base = format!("{}/v1", fake.origin);
-    let host = host_under_bench(
-        &db,
-        &[
-            ("SPIN_VARIABLE_STORAGE_ENDPOINT", &s3.endpoint),
-            ("SPIN_VARIABLE_STORAGE_ALLOWED_HOST", &s3.endpoint),
-            ("SPIN_VARIABLE_STORAGE_ACCESS_KEY_ID", "bench"),
-            ("SPIN_VARIABLE_STORAGE_SECRET_ACCESS_KEY", "bench-secret"),
-            ("SPIN_VARIABLE_RATELIMIT_UPLOAD", "100000/min:100000"),
-            ("SPIN_VARIABLE_RATELIMIT_CHAT", "100000/min:100000"),
-            ("SPIN_VARIABLE_OPENAI_BASE_URL", &base),
-            ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", &fake.origin),
-            ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-bench"),
-            ("CHATEDGE_LOG", "warn"),
-        ],
-    )
-    .await?;
+    let mut vars = storage_vars(&s3.endpoint);
+    vars.extend([
+        ("SPIN_VARIABLE_RATELIMIT_CHAT", "100000/min:100000".to_owned()),
+        ("SPIN_VARIABLE_OPENAI_BASE_URL", base),
+        ("SPIN_VARIABLE_OPENAI_ALLOWED_HOST", fake.origin.clone()),
+        ("SPIN_VARIABLE_OPENAI_API_KEY", "sk-bench".to_owned()),
+    ]);
+    let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = host_under_bench(&db, &refs).await?;
     let user = db.user().await?;
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
