@@ -558,16 +558,9 @@ async fn uploads() -> Result<()> {
     }
     file.truncate(SIZE);
     let body = Bytes::from(file);
-    let storage = file_upload::storage::StorageConfig::new(
-        &s3.endpoint,
-        None,
-        "uploads",
-        "us-east-1",
-        "bench",
-        "bench-secret",
-        true,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let storage =
+        shared::storage::StorageConfig::new(&s3.endpoint, None, "uploads", "us-east-1", "bench", "bench-secret", true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
     let upload = |name: String| {

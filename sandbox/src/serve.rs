@@ -205,8 +205,7 @@ async fn execute(
     .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let sandbox = loader.get().await.map_err(|e| load_failed(&e))?;
     let policy = sandbox.policy();
-    // Room for the code, stdin and JSON escaping (up to 6 bytes per byte in the worst case).
-    let body_limit = (policy.max_code_bytes + policy.max_stdin_bytes) * 6 + 4096;
+    let body_limit = policy.max_request_bytes();
     let declared = header(http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.trim().parse::<usize>().ok());
     let Some(length) = declared else {
         return Err(ApiError::new(411, ErrorCode::LengthRequired, "a signed request declares its Content-Length"));
@@ -234,7 +233,10 @@ async fn execute(
     };
     let stdin = request.stdin.unwrap_or_default();
     let started = Instant::now();
-    let outcome = sandbox.run(request.language, &request.code, stdin.as_bytes(), &limits).await.map_err(api_error)?;
+    let outcome = sandbox
+        .run_with_files(request.language, &request.code, stdin.as_bytes(), &request.files, &limits)
+        .await
+        .map_err(api_error)?;
     tracing::info!(
         "execute {:?} {:?} {:.1}ms request_id={}",
         request.language,

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use sandbox::{Config, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
+use sandbox::{Config, InputFile, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
 
 /// The runtimes `./dev test` provides.
 fn config() -> Config {
@@ -197,7 +197,7 @@ async fn python_sees_no_host_files_and_no_network() {
     assert_eq!(passwd.status, Status::Error);
     assert!(passwd.stderr.contains("FileNotFoundError"), "{}", passwd.stderr);
     let root = python("import os\nprint(sorted(os.listdir('/')), os.listdir('/usr/local/lib'))").await;
-    assert_eq!(root.stdout, "['out', 'tmp', 'usr'] ['python315.zip']\n", "{root:?}");
+    assert_eq!(root.stdout, "['data', 'out', 'tmp', 'usr'] ['python315.zip']\n", "{root:?}");
     let escape = python("print(open('../../../../etc/hostname').read())").await;
     assert_eq!(escape.status, Status::Error, "{escape:?}");
     let dotdot = python("import os\nprint(os.listdir('/tmp/../..'))").await;
@@ -213,6 +213,56 @@ async fn python_sees_no_host_files_and_no_network() {
     python("open('/tmp/left', 'w').write('x')").await;
     let gone = python("import os\nprint(os.path.exists('/tmp/left'))").await;
     assert_eq!(gone.stdout, "False\n");
+}
+
+#[tokio::test]
+async fn input_files_are_readable_under_data_and_never_writable() {
+    let files = [
+        InputFile { name: "sales.csv".into(), data: b"region,amount\nnorth,3\nsouth,4\nnorth,5\n".to_vec() },
+        InputFile { name: "notes.txt".into(), data: b"hello".to_vec() },
+    ];
+    let code = r#"import os, pandas
+print(sorted(os.listdir('/data')))
+df = pandas.read_csv('/data/sales.csv')
+print(df.groupby('region')['amount'].sum().to_dict())
+for attempt in [lambda: open('/data/sales.csv', 'w'), lambda: open('/data/new.txt', 'w'),
+                lambda: os.remove('/data/notes.txt'), lambda: os.rename('/data/notes.txt', '/tmp/n'),
+                lambda: open('/data/../data/sales.csv', 'a')]:
+    try:
+        attempt()
+        print('WROTE')
+    except OSError as e:
+        print(type(e).__name__)
+print(open('/data/notes.txt').read())"#;
+    let limits = LimitsRequest { timeout_ms: Some(5_000), ..Default::default() };
+    let out = sandbox().run_with_files(Language::Python, code, b"", &files, &limits).await.expect("runs");
+    assert_eq!(out.status, Status::Ok, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "['notes.txt', 'sales.csv']");
+    assert_eq!(lines[1], "{'north': 8, 'south': 4}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert!(lines[2..7].iter().all(|l| l.ends_with("Error")), "every write was refused: {lines:?}");
+    assert_eq!(lines[7], "hello", "and the file is unchanged");
+    // The next execution has no files at all.
+    let next = python("import os\nprint(os.listdir('/data'))").await;
+    assert_eq!(next.stdout, "[]\n", "{next:?}");
+}
+
+#[tokio::test]
+async fn bad_input_files_are_refused_before_running() {
+    let limits = LimitsRequest::default();
+    let file = |name: &str, len: usize| InputFile { name: name.into(), data: vec![b'x'; len] };
+    for name in ["../escape", "a/b", ".hidden", ""] {
+        let refused = sandbox().run_with_files(Language::Python, "1", b"", &[file(name, 1)], &limits).await;
+        assert!(matches!(refused, Err(SandboxError::Invalid(_))), "{name:?}: {refused:?}");
+    }
+    let twice = sandbox().run_with_files(Language::Python, "1", b"", &[file("a", 1), file("a", 1)], &limits).await;
+    assert!(matches!(twice, Err(SandboxError::Invalid(_))), "{twice:?}");
+    let cap = sandbox().policy().max_input_bytes;
+    let big = sandbox().run_with_files(Language::Python, "1", b"", &[file("big", cap + 1)], &limits).await;
+    assert!(matches!(big, Err(SandboxError::TooLarge(_))), "{big:?}");
+    let js = sandbox().run_with_files(Language::Javascript, "1", b"", &[file("a.csv", 1)], &limits).await;
+    assert!(matches!(js, Err(SandboxError::Invalid(_))), "{js:?}");
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod signing;
 #[cfg(target_arch = "wasm32")]
 pub mod spin;
+pub mod storage;
 pub mod variables;
 
 pub use error::{ApiError, ErrorCode};

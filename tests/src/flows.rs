@@ -268,7 +268,8 @@ pub async fn uploads(host: &TestApp, db: &TestDb) -> Result<()> {
     Ok(())
 }
 
-/// Code execution in each language, recorded through RLS; a missing conversation is a 404.
+/// Code execution in each language, recorded through RLS; a missing conversation is a 404; an
+/// upload read under `/data` and the chart it draws kept as a downloadable visualization.
 pub async fn code(host: &TestApp, db: &TestDb) -> Result<()> {
     let user = db.user().await?;
     for (language, code, stdout) in [
@@ -291,13 +292,45 @@ pub async fn code(host: &TestApp, db: &TestDb) -> Result<()> {
         )
         .await?;
     ensure!(foreign.status == 404, "foreign conversation: {}", foreign.status);
+    // An upload read under /data, the chart kept and downloadable.
+    let up = host
+        .send(
+            "POST",
+            "/functions/v1/file-upload",
+            Some(&user.token),
+            Some(b"x,y\n1,2\n2,4\n3,8\n".to_vec()),
+            &[("content-type", "text/csv"), ("x-file-name", "points.csv")],
+        )
+        .await?;
+    ensure!(up.status == 201, "upload: {} {}", up.status, String::from_utf8_lossy(&up.body));
+    let file = up.json()["files"][0]["id"].clone();
+    let code = "import pandas as pd, matplotlib.pyplot as plt\ndf = pd.read_csv('/data/points.csv')\n\
+                print(int(df.y.sum()))\nplt.plot(df.x, df.y, label='y')\nplt.title('Growth')\nplt.show()";
+    let r = host
+        .json(
+            "POST",
+            "/functions/v1/code-execution",
+            &user.token,
+            json!({"language": "python", "code": code, "file_ids": [file]}),
+        )
+        .await?;
+    ensure!(
+        r.status == 200 && r.json()["stdout"] == "14\n",
+        "files in: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    let shown = &r.json()["visualizations"][0];
+    ensure!(shown["chart"]["title"] == "Growth", "chart data: {shown}");
+    let (status, png) = crate::fetch(shown["url"].as_str().unwrap_or_default()).await?;
+    ensure!(status == 200 && png.starts_with(b"\x89PNG\r\n\x1a\n"), "chart download {status}");
     let rows: i64 = db
         .admin()
         .await?
         .query_one("select count(*) from code_executions where user_id = $1", &[&user.id])
         .await?
         .get(0);
-    ensure!(rows == 3, "{rows} executions recorded");
+    ensure!(rows == 4, "{rows} executions recorded");
     Ok(())
 }
 

@@ -13,6 +13,11 @@ pub const DEFAULT_MAX_CODE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_STDIN_BYTES: usize = 1 << 20;
 /// Longest deadline a caller may ask for when `code_max_timeout_ms` is unset.
 pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
+/// Total size of the uploads one execution may read when `code_max_input_bytes` is unset (the
+/// sandbox's own default cap).
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 32 << 20;
+/// Most uploads one execution may read (the sandbox's own cap).
+pub const MAX_INPUT_FILES: usize = 16;
 
 /// The function's limits, from its variables (`var` answers `None` for unset or empty; a value
 /// that does not parse keeps the default).
@@ -24,11 +29,14 @@ pub struct Limits {
     pub max_stdin_bytes: usize,
     /// `code_max_timeout_ms`.
     pub max_timeout_ms: u64,
+    /// `code_max_input_bytes`: the uploads named in `file_ids`, together.
+    pub max_input_bytes: u64,
 }
 
 impl Limits {
     /// The variables these limits are read from.
-    pub const VARIABLES: &'static [&'static str] = &["code_max_bytes", "code_max_stdin_bytes", "code_max_timeout_ms"];
+    pub const VARIABLES: &'static [&'static str] =
+        &["code_max_bytes", "code_max_stdin_bytes", "code_max_timeout_ms", "code_max_input_bytes"];
 
     /// Reads the limits.
     pub fn from_variables(var: impl Fn(&str) -> Option<String>) -> Self {
@@ -39,6 +47,7 @@ impl Limits {
             max_code_bytes: parsed(var("code_max_bytes"), DEFAULT_MAX_CODE_BYTES),
             max_stdin_bytes: parsed(var("code_max_stdin_bytes"), DEFAULT_MAX_STDIN_BYTES),
             max_timeout_ms: parsed(var("code_max_timeout_ms"), DEFAULT_MAX_TIMEOUT_MS),
+            max_input_bytes: parsed(var("code_max_input_bytes"), DEFAULT_MAX_INPUT_BYTES),
         }
     }
 
@@ -66,6 +75,9 @@ pub struct CodeExecutionRequest {
     /// The caller's conversation it belongs to.
     #[serde(default)]
     pub conversation_id: Option<String>,
+    /// The caller's uploads to read, found read-only under `/data/<name>` (Python).
+    #[serde(default)]
+    pub file_ids: Vec<String>,
 }
 
 /// The request body's `language`, the sandbox's outcome: the sandbox's own wire types.
@@ -73,7 +85,7 @@ pub use wire::{Language, Outcome, Status};
 
 impl CodeExecutionRequest {
     /// What the sandbox is asked to run (its own limits apply beyond the deadline).
-    pub fn to_sandbox(&self) -> wire::ExecuteRequest {
+    pub fn to_sandbox(&self, files: Vec<wire::InputFile>) -> wire::ExecuteRequest {
         wire::ExecuteRequest {
             language: self.language,
             code: self.code.clone(),
@@ -82,6 +94,7 @@ impl CodeExecutionRequest {
             fuel: None,
             memory_bytes: None,
             output_bytes: None,
+            files,
         }
     }
 }
@@ -93,9 +106,11 @@ pub struct Answer<'a> {
     pub id: String,
     /// As asked.
     pub language: Language,
-    /// Everything the sandbox reported.
+    /// Everything the sandbox reported (images inline as base64 too).
     #[serde(flatten)]
     pub outcome: &'a Outcome,
+    /// The images kept: each a `visualizations` row with a download link.
+    pub visualizations: Vec<Value>,
 }
 
 /// Parses and checks a body against `limits`: a 400 naming the field, or a 413 past a size cap.
@@ -130,6 +145,30 @@ fn validate(request: &CodeExecutionRequest, limits: &Limits) -> Result<(), ApiEr
             )
             .with_detail("field", "timeout_ms"));
         }
+    }
+    if request.file_ids.len() > MAX_INPUT_FILES {
+        return Err(ApiError::bad_request(
+            ErrorCode::ValidationFailed,
+            format!("file_ids names at most {MAX_INPUT_FILES} files"),
+        )
+        .with_detail("field", "file_ids"));
+    }
+    for (i, id) in request.file_ids.iter().enumerate() {
+        if !shared::is_uuid(id) {
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "file_ids must be UUIDs")
+                .with_detail("field", "file_ids"));
+        }
+        if request.file_ids[..i].iter().any(|other| other.eq_ignore_ascii_case(id)) {
+            return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "file_ids names a file twice")
+                .with_detail("field", "file_ids"));
+        }
+    }
+    if !request.file_ids.is_empty() && request.language != Language::Python {
+        return Err(ApiError::bad_request(
+            ErrorCode::ValidationFailed,
+            "file_ids: only Python can read files (the JavaScript runtime has no file API)",
+        )
+        .with_detail("field", "file_ids"));
     }
     if let Some(c) = &request.conversation_id {
         if !shared::is_uuid(c) {
@@ -195,7 +234,8 @@ mod tests {
             Limits {
                 max_code_bytes: DEFAULT_MAX_CODE_BYTES,
                 max_stdin_bytes: DEFAULT_MAX_STDIN_BYTES,
-                max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS
+                max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
+                max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             }
         );
         let set = Limits::from_variables(|name| match name {
@@ -219,12 +259,25 @@ mod tests {
             (br#"{"language":"python","code":"x","timeout_ms":0}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","timeout_ms":60001}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","conversation_id":"nope"}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","file_ids":["nope"]}"#, 400, "validation_failed"),
+            (br#"{"language":"javascript","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11"]}"#, 400, "validation_failed"),
+            (
+                br#"{"language":"python","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11","6F1C1E0E-8C3A-4D7E-9A57-0D6B5C0F3A11"]}"#,
+                400,
+                "validation_failed",
+            ),
         ];
         for (body, status, code) in cases {
             let e = parse(body, &limits()).unwrap_err();
             assert_eq!((e.status, e.code.as_str()), (*status, *code), "{}", String::from_utf8_lossy(body));
         }
         let small = Limits { max_code_bytes: 4, max_stdin_bytes: 2, ..limits() };
+        let many: Vec<String> =
+            (0..=MAX_INPUT_FILES).map(|i| format!("6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a{i:02}")).collect();
+        let body = serde_json::json!({"language": "python", "code": "1", "file_ids": many}).to_string();
+        assert_eq!(parse(body.as_bytes(), &limits()).unwrap_err().status, 400);
+        let two = r#"{"language":"python","code":"1","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11","6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a12"]}"#;
+        assert_eq!(parse(two.as_bytes(), &limits()).unwrap().file_ids.len(), 2);
         let e = parse(br#"{"language":"python","code":"print(1)"}"#, &small).unwrap_err();
         assert_eq!((e.status, e.code.as_str()), (413, "payload_too_large"));
         let e = parse(br#"{"language":"python","code":"1","stdin":"abc"}"#, &small).unwrap_err();

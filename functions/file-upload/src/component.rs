@@ -10,7 +10,6 @@
 use crate::documents;
 use crate::multipart::{hex, read_multipart, validate, Received};
 use crate::settings::Settings;
-use crate::storage::StorageConfig;
 use crate::upload;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -18,6 +17,7 @@ use shared::outbound::{self, Timeouts};
 use shared::pagination::parse_limit;
 use shared::ratelimit::Subject;
 use shared::spin::{cursor_params, require_user, variable, Incoming, Responder, RlsTransaction};
+use shared::storage::StorageConfig;
 use shared::ApiError;
 use shared::ErrorCode;
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};

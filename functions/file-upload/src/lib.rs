@@ -7,7 +7,6 @@ pub mod documents;
 pub mod multipart;
 pub mod pdf;
 pub mod settings;
-pub mod storage;
 pub mod upload;
 
 /// Every variable the component reads (auth, database, the `upload` and `api` policies,
@@ -15,7 +14,7 @@ pub mod upload;
 /// map.
 pub fn variables() -> Vec<String> {
     let mut names = shared::variables::signed_in(&["upload", "api"]);
-    names.extend(settings::VARIABLES.iter().map(|s| (*s).to_owned()));
+    names.extend(settings::VARIABLES.iter().chain(shared::storage::VARIABLES).map(|s| (*s).to_owned()));
     names
 }
 

@@ -2,28 +2,17 @@
 //! in this one place, with the defaults here and nowhere else.
 
 use crate::documents::ChunkPlan;
-use crate::storage::StorageConfig;
 use crate::upload::DEFAULT_MAX_BYTES;
+use shared::storage::{StorageConfig, StorageSettings};
 use shared::ApiError;
 
-/// Bucket when `storage_bucket` is unset.
-pub const DEFAULT_BUCKET: &str = "uploads";
-/// SigV4 region when `storage_region` is unset.
-pub const DEFAULT_REGION: &str = "us-east-1";
 /// Lifetime of download links when `upload_url_expiry_secs` is unset.
 pub const DEFAULT_URL_EXPIRY_SECS: u64 = 3600;
 /// Longest lifetime of a download link (SigV4 allows a week).
 pub const MAX_URL_EXPIRY_SECS: u64 = 7 * 86_400;
 
-/// The variables [`Settings::from_variables`] reads.
+/// The variables [`Settings::from_variables`] reads besides [`shared::storage::VARIABLES`].
 pub const VARIABLES: &[&str] = &[
-    "storage_endpoint",
-    "storage_public_endpoint",
-    "storage_bucket",
-    "storage_region",
-    "storage_access_key_id",
-    "storage_secret_access_key",
-    "storage_path_style",
     "upload_max_bytes",
     "upload_allowed_types",
     "upload_url_expiry_secs",
@@ -34,20 +23,8 @@ pub const VARIABLES: &[&str] = &[
 /// The component's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// `storage_endpoint` (required to store anything).
-    pub storage_endpoint: Option<String>,
-    /// `storage_public_endpoint`: what download links use, when set.
-    pub storage_public_endpoint: Option<String>,
-    /// `storage_bucket`.
-    pub storage_bucket: String,
-    /// `storage_region`.
-    pub storage_region: String,
-    /// `storage_access_key_id` (required).
-    pub storage_access_key_id: Option<String>,
-    /// `storage_secret_access_key` (required).
-    pub storage_secret_access_key: Option<String>,
-    /// `storage_path_style`: anything but `false` is path-style.
-    pub storage_path_style: bool,
+    /// Where objects go.
+    pub storage: StorageSettings,
     /// `upload_max_bytes`.
     pub max_bytes: usize,
     /// `upload_allowed_types`, as `upload::allowed_types` reads it.
@@ -65,13 +42,7 @@ impl Settings {
     pub fn from_variables(var: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         Settings {
-            storage_endpoint: var("storage_endpoint"),
-            storage_public_endpoint: var("storage_public_endpoint"),
-            storage_bucket: var("storage_bucket").unwrap_or_else(|| DEFAULT_BUCKET.to_owned()),
-            storage_region: var("storage_region").unwrap_or_else(|| DEFAULT_REGION.to_owned()),
-            storage_access_key_id: var("storage_access_key_id"),
-            storage_secret_access_key: var("storage_secret_access_key"),
-            storage_path_style: var("storage_path_style").is_none_or(|v| v.trim() != "false"),
+            storage: StorageSettings::from_variables(&var),
             max_bytes: var("upload_max_bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_BYTES),
             allowed_types: var("upload_allowed_types"),
             url_expiry_secs: var("upload_url_expiry_secs")
@@ -95,21 +66,7 @@ impl Settings {
 
     /// The storage to use: a 500 naming the first required variable that is not set.
     pub fn storage(&self) -> Result<StorageConfig, ApiError> {
-        let required = |value: &Option<String>, name: &str| {
-            value.clone().ok_or_else(|| {
-                ApiError::internal(format!("server misconfigured: variable '{name}' is not set"))
-                    .with_detail("variable", name)
-            })
-        };
-        StorageConfig::new(
-            &required(&self.storage_endpoint, "storage_endpoint")?,
-            self.storage_public_endpoint.as_deref(),
-            &self.storage_bucket,
-            &self.storage_region,
-            &required(&self.storage_access_key_id, "storage_access_key_id")?,
-            &required(&self.storage_secret_access_key, "storage_secret_access_key")?,
-            self.storage_path_style,
-        )
+        self.storage.config()
     }
 }
 
@@ -123,29 +80,19 @@ mod tests {
         let read = shared::variables::names_read(|var| {
             Settings::from_variables(var);
         });
-        assert_eq!(read, VARIABLES.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>());
+        let declared = VARIABLES.iter().chain(shared::storage::VARIABLES).map(|s| (*s).to_owned());
+        assert_eq!(read, declared.collect::<BTreeSet<_>>());
     }
 
     #[test]
     fn defaults_live_here_and_storage_needs_its_keys() {
         let s = Settings::from_variables(|name: &str| match name {
             "upload_url_expiry_secs" => Some("99999999".into()),
-            "storage_path_style" => Some("false".into()),
             "upload_max_bytes" => Some("big".into()),
             _ => None,
         });
-        assert_eq!((s.storage_bucket.as_str(), s.storage_region.as_str()), (DEFAULT_BUCKET, DEFAULT_REGION));
-        assert_eq!(
-            (s.url_expiry_secs, s.max_bytes, s.storage_path_style),
-            (MAX_URL_EXPIRY_SECS, DEFAULT_MAX_BYTES, false)
-        );
+        assert_eq!((s.url_expiry_secs, s.max_bytes), (MAX_URL_EXPIRY_SECS, DEFAULT_MAX_BYTES));
         let e = s.storage().unwrap_err();
         assert_eq!((e.status, format!("{e:?}").contains("storage_endpoint")), (500, true));
-        let ok = Settings::from_variables(|name: &str| match name {
-            "storage_endpoint" => Some("http://127.0.0.1:9000".into()),
-            "storage_access_key_id" | "storage_secret_access_key" => Some("k".into()),
-            _ => None,
-        });
-        assert!(ok.storage().is_ok());
     }
 }

@@ -137,16 +137,8 @@ pub fn storage_key(user_id: &str, id: &str, safe_name: &str) -> String {
 /// other paths (PostgREST), and the S3 signer resolves `..`, so a key that merely starts with
 /// the right prefix (`me/../victim/x`, `../other-bucket/x`) would reach other users' objects.
 pub fn checked_key<'k>(key: &'k str, user_id: &str, file_id: &str) -> Option<&'k str> {
-    let mut parts = key.split('/');
-    let (owner, id, name) = (parts.next()?, parts.next()?, parts.next()?);
-    let shaped = parts.next().is_none()
-        && owner == user_id
-        && shared::is_uuid(owner)
-        && id == file_id
-        && shared::is_uuid(id)
-        && (1..=100).contains(&name.len())
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let shaped = shared::storage::is_upload_key(key, user_id, file_id)
         && sanitize_name(name).is_ok_and(|(safe, _)| safe == name);
     shaped.then_some(key)
 }

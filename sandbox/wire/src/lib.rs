@@ -52,6 +52,30 @@ pub struct Artifact {
     pub data: Vec<u8>,
 }
 
+/// An input file the program finds read-only at `/data/<name>` (an upload the caller owns).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// One path component of `[A-Za-z0-9._-]`, not starting with a dot ([`is_safe_file_name`]).
+    pub name: String,
+    /// The bytes; base64 in JSON.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// Longest input file name.
+pub const MAX_FILE_NAME_LEN: usize = 128;
+
+/// Whether `name` can be an input file's name: a single path component of ASCII letters,
+/// digits, `.`, `_` and `-`, not starting with a dot (so never `.` or `..`), at most
+/// [`MAX_FILE_NAME_LEN`] bytes. Both the sender and the sandbox check it.
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_LEN
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// What one execution produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
@@ -100,6 +124,9 @@ pub struct ExecuteRequest {
     /// Output cap per stream, bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_bytes: Option<u64>,
+    /// Files mounted read-only under `/data` (Python; JavaScript has no file API).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<InputFile>,
 }
 
 impl Language {
@@ -158,11 +185,27 @@ mod tests {
             fuel: None,
             memory_bytes: None,
             output_bytes: None,
+            files: Vec::new(),
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"language":"typescript","code":"let x: number = 1","timeout_ms":500}"#);
         assert_eq!(serde_json::from_str::<ExecuteRequest>(&text).unwrap(), request);
         assert!(serde_json::from_str::<ExecuteRequest>(r#"{"language":"python","code":"1","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn input_files_travel_as_base64_and_only_safe_names_pass() {
+        let text = r#"{"language":"python","code":"1","files":[{"name":"sales.csv","data":"YSxi"}]}"#;
+        let request: ExecuteRequest = serde_json::from_str(text).unwrap();
+        assert_eq!(request.files, vec![InputFile { name: "sales.csv".into(), data: b"a,b".to_vec() }]);
+        assert_eq!(serde_json::to_string(&request).unwrap(), text);
+        for good in ["a", "sales-2024_v2.csv", "x.tar.gz"] {
+            assert!(is_safe_file_name(good), "{good}");
+        }
+        let long = "a".repeat(MAX_FILE_NAME_LEN + 1);
+        for bad in ["", ".", "..", ".hidden", "a/b", "../etc", "a b", "caf\u{e9}", "a\\b", long.as_str()] {
+            assert!(!is_safe_file_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod conversations;
 mod documents;
 mod embeddings;
 mod host;
+mod interpreter;
 mod manifest;
 mod messages;
 mod openai_sdk;

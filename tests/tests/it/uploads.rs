@@ -15,7 +15,7 @@ const ELF: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0>\0\x01\0\0\0\x4
 pub(crate) struct Stack {
     pub(crate) db: TestDb,
     pub(crate) host: TestApp,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     _s3: S3Dev,
 }
 
@@ -43,7 +43,7 @@ impl Drop for Stack {
 }
 
 /// Every object file under the bucket (s3s-fs keeps objects as files at their key).
-fn objects(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn objects(root: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = entry.path();
