@@ -11,6 +11,10 @@ alter table public.visualizations
   add column size_bytes bigint check (size_bytes >= 0);
 create index visualizations_execution_idx on public.visualizations (execution_id);
 
+-- Executions in a session (issue 17) name it: the sandbox's id, kept only while it is live.
+alter table public.code_executions
+  add column session_id text check (char_length(session_id) <= 64);
+
 -- The execution must be the caller's too.
 drop policy visualizations_insert_own on public.visualizations;
 create policy visualizations_insert_own on public.visualizations for insert to authenticated

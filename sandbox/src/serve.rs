@@ -155,13 +155,15 @@ async fn handle(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Res
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => match loader.get().await {
             Ok(sandbox) => {
-                let body =
-                    serde_json::json!({"status": "ok", "languages": sandbox.languages(), "queued": sandbox.queued()});
+                let body = serde_json::json!({"status": "ok", "languages": sandbox.languages(), "queued": sandbox.queued(),
+                                       "sessions": sandbox.sessions()});
                 Ok(json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()))
             }
             Err(e) => Err(load_failed(&e)),
         },
         (&Method::POST, "/v1/execute") => execute(loader, signer, req, request_id.as_deref()).await,
+        (&Method::POST, "/v1/sessions/end") => end_session(loader, signer, req).await,
+        (_, "/v1/sessions/end") => Err(ApiError::method_not_allowed("POST")),
         (_, "/health") => Err(ApiError::method_not_allowed("GET")),
         (_, "/v1/execute") => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found("route")),
@@ -188,12 +190,9 @@ fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-async fn execute(
-    loader: &Loader,
-    signer: &Signer,
-    req: Request<Incoming>,
-    request_id: Option<&str>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+/// A signed request's body, once its head, length, signature and nonce all hold; with the
+/// loaded sandbox.
+async fn signed_body(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Result<(Sandbox, Bytes), ApiError> {
     // The head first: unsigned, stale or oversized requests cost no body read, no load.
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let signed = SignedHeaders::parse(
@@ -223,6 +222,33 @@ async fn execute(
         .map_err(|_| ApiError::internal("the nonce registry is unusable"))?
         .record(now_secs(), &signed)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    Ok((sandbox, body))
+}
+
+async fn end_session(
+    loader: &Loader,
+    signer: &Signer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (sandbox, body) = signed_body(loader, signer, req).await?;
+    let request: crate::EndSession = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("invalid end-session request: {e}")))?;
+    if sandbox.end_session(&request.owner, &request.id) {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        Ok(response)
+    } else {
+        Err(ApiError::not_found("session"))
+    }
+}
+
+async fn execute(
+    loader: &Loader,
+    signer: &Signer,
+    req: Request<Incoming>,
+    request_id: Option<&str>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (sandbox, body) = signed_body(loader, signer, req).await?;
     let request: ExecuteRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("invalid execute request: {e}")))?;
     let limits = LimitsRequest {
@@ -233,10 +259,26 @@ async fn execute(
     };
     let stdin = request.stdin.unwrap_or_default();
     let started = Instant::now();
-    let outcome = sandbox
-        .run_with_files(request.language, &request.code, stdin.as_bytes(), &request.files, &limits)
-        .await
-        .map_err(api_error)?;
+    let outcome = match &request.session {
+        Some(_) if !stdin.is_empty() => {
+            return Err(ApiError::bad_request(ErrorCode::InvalidRequest, "stdin is not available in a session"));
+        }
+        Some(session) => sandbox
+            .run_session(
+                request.language,
+                &session.owner,
+                session.id.as_deref(),
+                &request.code,
+                &request.files,
+                &limits,
+            )
+            .await
+            .map_err(api_error)?,
+        None => sandbox
+            .run_with_files(request.language, &request.code, stdin.as_bytes(), &request.files, &limits)
+            .await
+            .map_err(api_error)?,
+    };
     tracing::info!(
         "execute {:?} {:?} {:.1}ms request_id={}",
         request.language,
@@ -258,6 +300,8 @@ pub fn api_error(error: SandboxError) -> ApiError {
         SandboxError::TooLarge(message) => ApiError::new(413, ErrorCode::PayloadTooLarge, message),
         SandboxError::Busy => ApiError::unavailable(ErrorCode::SandboxBusy, error.to_string()),
         SandboxError::Unavailable(message) => ApiError::unavailable(ErrorCode::LanguageUnavailable, message),
+        SandboxError::SessionNotFound(message) => ApiError::new(404, ErrorCode::NotFound, message),
+        SandboxError::TooManySessions(message) => ApiError::new(409, ErrorCode::Conflict, message),
         SandboxError::Internal(e) => {
             tracing::error!("sandbox: {e:?}");
             ApiError::internal("the sandbox failed to start the execution")

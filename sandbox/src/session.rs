@@ -48,13 +48,6 @@ fn random_tag(len: usize) -> String {
     (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-/// Whether `id` could be a session id at all (the shape this module makes).
-pub fn is_session_id(id: &str) -> bool {
-    id.len() == 8 + 1 + 24
-        && id.as_bytes()[8] == b'-'
-        && id.bytes().enumerate().all(|(i, b)| i == 8 || b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
 impl Sessions {
     pub(crate) fn new() -> Self {
         Sessions { replica: random_tag(8), table: Mutex::new(HashMap::new()) }
@@ -109,7 +102,7 @@ impl Sessions {
         let table = self.table();
         match table.get(id) {
             Some(entry) if entry.owner == owner => Ok(entry.live.clone()),
-            _ if is_session_id(id) && !id.starts_with(&self.replica) => Err(SandboxError::SessionNotFound(
+            _ if wire::is_session_id(id) && !id.starts_with(&self.replica) => Err(SandboxError::SessionNotFound(
                 "no such session on this sandbox replica (sessions live on the replica that made them, \
                  and end when it restarts)"
                     .to_owned(),
@@ -170,9 +163,11 @@ mod tests {
     fn ids_carry_the_replica_tag_and_have_one_shape() {
         let sessions = Sessions::new();
         let id = format!("{}-{}", sessions.replica, random_tag(24));
-        assert!(is_session_id(&id), "{id}");
-        for bad in ["", "short", "ABCDEFGH-abcdefghijklmnopqrstuvwx", "abcdefgh_abcdefghijklmnopqrstuvwx", "../../etc/passwd"] {
-            assert!(!is_session_id(bad), "{bad}");
+        assert!(wire::is_session_id(&id), "{id}");
+        for bad in
+            ["", "short", "ABCDEFGH-abcdefghijklmnopqrstuvwx", "abcdefgh_abcdefghijklmnopqrstuvwx", "../../etc/passwd"]
+        {
+            assert!(!wire::is_session_id(bad), "{bad}");
         }
         assert_ne!(Sessions::new().replica, sessions.replica);
     }

@@ -467,3 +467,104 @@ async fn typescript_that_would_crash_a_native_parser_ends_in_its_guest() {
         run_with(Language::Typescript, "const x: number = 2; console.log(x * 21)", "", LimitsRequest::default()).await;
     assert_eq!(ok.stdout, "42\n");
 }
+
+fn session_limits() -> LimitsRequest {
+    LimitsRequest { timeout_ms: Some(5_000), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_session_keeps_variables_imports_and_files_between_executions() {
+    let sandbox = sandbox();
+    let limits = session_limits();
+    let files = [InputFile { name: "n.csv".into(), data: b"v\n1\n2\n".to_vec() }];
+    let first = sandbox
+        .run_session(Language::Python, "alice", None, "import pandas as pd\ndf = pd.read_csv('/data/n.csv')\ntotal = int(df.v.sum())\nopen('/tmp/kept', 'w').write('k')\nprint(total)", &files, &limits)
+        .await
+        .expect("starts");
+    assert_eq!((first.status, first.stdout.as_str()), (Status::Ok, "3\n"), "{first:?}");
+    let id = first.session_id.clone().expect("a session id");
+    let second = sandbox
+        .run_session(
+            Language::Python,
+            "alice",
+            Some(&id),
+            "total += 10\nprint(total, pd.__name__, open('/tmp/kept').read())",
+            &[],
+            &limits,
+        )
+        .await
+        .expect("continues");
+    assert_eq!((second.status, second.stdout.as_str()), (Status::Ok, "13 pandas k\n"), "{second:?}");
+    // An error keeps the session; output and artifacts are per execution.
+    let failed = sandbox.run_session(Language::Python, "alice", Some(&id), "1/0", &[], &limits).await.expect("runs");
+    assert_eq!((failed.status, failed.session_ended), (Status::Error, false));
+    let chart = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nprint(total)";
+    let drawn = sandbox.run_session(Language::Python, "alice", Some(&id), chart, &[], &limits).await.expect("runs");
+    assert_eq!((drawn.stdout.as_str(), drawn.artifacts.len()), ("13\n", 1), "{drawn:?}");
+    let after =
+        sandbox.run_session(Language::Python, "alice", Some(&id), "print(total)", &[], &limits).await.expect("runs");
+    assert!(after.artifacts.is_empty(), "artifacts are answered once");
+    // Another owner cannot reach it; executions without a session never see it.
+    let stolen = sandbox.run_session(Language::Python, "mallory", Some(&id), "print(total)", &[], &limits).await;
+    assert!(matches!(stolen, Err(SandboxError::SessionNotFound(_))), "{stolen:?}");
+    let fresh = python("print('total' in globals())").await;
+    assert_eq!(fresh.stdout, "False\n");
+    // Ended, it is gone.
+    assert!(sandbox.end_session("alice", &id));
+    assert!(!sandbox.end_session("alice", &id));
+    let gone = sandbox.run_session(Language::Python, "alice", Some(&id), "print(total)", &[], &limits).await;
+    assert!(matches!(gone, Err(SandboxError::SessionNotFound(_))), "{gone:?}");
+}
+
+#[tokio::test]
+async fn a_limit_ends_the_session_and_other_replicas_do_not_know_it() {
+    let sandbox = sandbox();
+    let limits = session_limits();
+    let first = sandbox.run_session(Language::Python, "bob", None, "x = 1", &[], &limits).await.expect("starts");
+    let id = first.session_id.expect("an id");
+    let quick = LimitsRequest { timeout_ms: Some(300), ..Default::default() };
+    let spun =
+        sandbox.run_session(Language::Python, "bob", Some(&id), "while True: pass", &[], &quick).await.expect("runs");
+    assert_eq!((spun.status, spun.session_ended), (Status::Timeout, true), "{spun:?}");
+    let gone = sandbox.run_session(Language::Python, "bob", Some(&id), "print(x)", &[], &limits).await;
+    assert!(matches!(gone, Err(SandboxError::SessionNotFound(_))), "{gone:?}");
+    // A second replica (its own tag) answers not-found for this one's sessions, saying why.
+    let live = sandbox.run_session(Language::Python, "bob", None, "y = 2", &[], &limits).await.expect("starts");
+    let elsewhere = own_sandbox(1, 4);
+    let there =
+        elsewhere.run_session(Language::Python, "bob", live.session_id.as_deref(), "print(y)", &[], &limits).await;
+    match there {
+        Err(SandboxError::SessionNotFound(why)) => assert!(why.contains("replica"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let js = sandbox.run_session(Language::Javascript, "bob", None, "1", &[], &limits).await;
+    assert!(matches!(js, Err(SandboxError::Invalid(_))), "{js:?}");
+}
+
+#[tokio::test]
+async fn owners_have_a_cap_and_idle_sessions_expire() {
+    let limits = session_limits();
+    let mut capped = config();
+    capped.policy.max_sessions_per_owner = 2;
+    let sandbox = Sandbox::load(&capped).expect("loads");
+    let a = sandbox.run_session(Language::Python, "carol", None, "a = 1", &[], &limits).await.expect("starts");
+    sandbox.run_session(Language::Python, "carol", None, "b = 1", &[], &limits).await.expect("starts");
+    let third = sandbox.run_session(Language::Python, "carol", None, "c = 1", &[], &limits).await;
+    assert!(matches!(third, Err(SandboxError::TooManySessions(_))), "{third:?}");
+    // Another owner is not held to carol's count; ending one makes room.
+    sandbox.run_session(Language::Python, "dave", None, "d = 1", &[], &limits).await.expect("starts");
+    assert!(sandbox.end_session("carol", a.session_id.as_deref().unwrap_or_default()));
+    sandbox.run_session(Language::Python, "carol", None, "e = 1", &[], &limits).await.expect("room again");
+    assert_eq!(sandbox.sessions(), 3);
+
+    let mut brief = config();
+    brief.policy.session_idle_ms = 100;
+    let sandbox = Sandbox::load(&brief).expect("loads");
+    let s = sandbox.run_session(Language::Python, "carol", None, "a = 1", &[], &limits).await.expect("starts");
+    // Idle well past the expiry: gone, with a clear not-found.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let expired =
+        sandbox.run_session(Language::Python, "carol", s.session_id.as_deref(), "print(a)", &[], &limits).await;
+    assert!(matches!(expired, Err(SandboxError::SessionNotFound(_))), "{expired:?}");
+    assert_eq!(sandbox.sessions(), 0);
+}

@@ -41,6 +41,8 @@ async fn route(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiEr
         ([], _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
         (["visualizations", id], Method::Get) => visualization(incoming, id),
         (["visualizations", _], _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
+        (["sessions", id], Method::Delete) => end_session(incoming, id).await,
+        (["sessions", _], _) => Err(ApiError::method_not_allowed("DELETE, OPTIONS")),
         _ => Err(ApiError::not_found("route")),
     }
 }
@@ -55,7 +57,8 @@ async fn execute(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, Api
     // Everything the caller named is checked before anything runs.
     let inputs = check_named(&principal, &user_id, &request, &limits)?;
     let files = if inputs.is_empty() { Vec::new() } else { read_inputs(&storage.config()?, inputs).await? };
-    let sandbox_body = serde_json::to_vec(&request.to_sandbox(files)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let sandbox_body =
+        serde_json::to_vec(&request.to_sandbox(files, &user_id)).map_err(|e| ApiError::internal(e.to_string()))?;
     let outcome = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
     drop(sandbox_body);
     let execution_id = uuid::Uuid::new_v4().to_string();
@@ -297,9 +300,34 @@ fn visualization(incoming: &Incoming, raw_id: &str) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &v))
 }
 
-/// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
-/// reach the caller as they are.
-async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Outcome, ApiError> {
+/// `DELETE /functions/v1/code-execution/sessions/{id}`: ends the caller's session (204), or 404.
+async fn end_session(incoming: &Incoming, id: &str) -> Result<Reply, ApiError> {
+    let (user_id, _) = require_user(incoming)?;
+    limiter::enforce("api", &Subject::user(&user_id), 1)?;
+    if !wire::is_session_id(id) {
+        return Err(ApiError::not_found("session"));
+    }
+    let body = serde_json::to_vec(&wire::EndSession { owner: user_id, id: id.to_owned() })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(30),
+        between_bytes: Duration::from_secs(30),
+    };
+    let (status, bytes) = signed_post("/v1/sessions/end", &body, timeouts, incoming.request_id.as_deref()).await?;
+    match status {
+        204 => Ok(Reply::empty(204)),
+        _ => Err(sandbox_refusal(status, &bytes)),
+    }
+}
+
+/// POSTs `body`, signed, to `<sandbox_url><path>`: the status and the answer's bytes.
+async fn signed_post(
+    path: &str,
+    body: &[u8],
+    timeouts: Timeouts,
+    request_id: Option<&str>,
+) -> Result<(u16, Vec<u8>), ApiError> {
     let base = required_variable("sandbox_url")?;
     let secret = required_variable("sandbox_secret")?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -315,11 +343,7 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&
     if let Some(id) = request_id {
         headers.push(("x-request-id".to_owned(), id.to_owned()));
     }
-    // The sandbox may queue the execution, then runs it up to its deadline.
-    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
-    let timeouts =
-        Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
-    let url = format!("{}/v1/execute", base.trim_end_matches('/'));
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut response = outbound::post(&url, &headers, body, timeouts).await.map_err(|e| match e {
         outbound::SendError::Timeout(_) => sandbox_unavailable("timed out"),
         outbound::SendError::Denied(_) => {
@@ -329,17 +353,35 @@ async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&
     })?;
     let status = response.status;
     let bytes = response.read_to_end(64 << 20).await.map_err(|_| sandbox_unavailable("answer cut short"))?;
+    Ok((status, bytes))
+}
+
+/// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
+/// reach the caller as they are.
+async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Outcome, ApiError> {
+    // The sandbox may queue the execution, then runs it up to its deadline.
+    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
+    let timeouts =
+        Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
+    let (status, bytes) = signed_post("/v1/execute", body, timeouts, request_id).await?;
     if status == 200 {
         return serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"));
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"))?;
+    Err(sandbox_refusal(status, &bytes))
+}
+
+/// The sandbox's non-success answer as this function's error.
+fn sandbox_refusal(status: u16, bytes: &[u8]) -> ApiError {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return sandbox_unavailable("unreadable answer");
+    };
     match status {
-        401 => Err(ApiError::internal(format!(
+        401 => ApiError::internal(format!(
             "server misconfigured: the sandbox refused our signature (check sandbox_secret): {}",
             value["error"]["message"]
-        ))),
-        400 | 413 | 503 => Err(passthrough(status, &value)),
-        _ => Err(sandbox_unavailable(&format!("status {status}"))),
+        )),
+        400 | 404 | 409 | 413 | 503 => passthrough(status, &value),
+        _ => sandbox_unavailable(&format!("status {status}")),
     }
 }
 
@@ -362,10 +404,12 @@ fn record(
     }
     let conversation = request.conversation_id.clone().map_or(ParameterValue::DbNull, ParameterValue::Uuid);
     let exit_code = outcome.exit_code.map_or(ParameterValue::DbNull, ParameterValue::Int32);
+    let session = outcome.session_id.clone().map_or(ParameterValue::DbNull, ParameterValue::Str);
     let id = tx
         .query_json(
             "insert into public.code_executions (id, user_id, conversation_id, language, code, status, exit_code, \
-             stdout_bytes, stderr_bytes, duration_ms) values ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9) returning to_json(id)::text",
+             stdout_bytes, stderr_bytes, duration_ms, session_id) values ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9, $11) \
+             returning to_json(id)::text",
             &[
                 ParameterValue::Uuid(user_id.to_owned()),
                 conversation.clone(),
@@ -377,6 +421,7 @@ fn record(
                 ParameterValue::Int32(clamp(outcome.stderr_bytes)),
                 ParameterValue::Int32(outcome.duration_ms.round() as i32),
                 ParameterValue::Uuid(execution_id.to_owned()),
+                session,
             ],
         )?
         .ok_or_else(|| ApiError::internal("insert returned no id"))?;

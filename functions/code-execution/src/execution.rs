@@ -78,6 +78,12 @@ pub struct CodeExecutionRequest {
     /// The caller's uploads to read, found read-only under `/data/<name>` (Python).
     #[serde(default)]
     pub file_ids: Vec<String>,
+    /// Start a session (Python): the answer's `session_id` continues it.
+    #[serde(default)]
+    pub session: bool,
+    /// Continue a live session of the caller's.
+    #[serde(default)]
+    pub session_id: Option<String>,
 }
 
 /// The request body's `language`, the sandbox's outcome: the sandbox's own wire types.
@@ -85,7 +91,9 @@ pub use wire::{Language, Outcome, Status};
 
 impl CodeExecutionRequest {
     /// What the sandbox is asked to run (its own limits apply beyond the deadline).
-    pub fn to_sandbox(&self, files: Vec<wire::InputFile>) -> wire::ExecuteRequest {
+    pub fn to_sandbox(&self, files: Vec<wire::InputFile>, user_id: &str) -> wire::ExecuteRequest {
+        let session = (self.session || self.session_id.is_some())
+            .then(|| wire::SessionRequest { owner: user_id.to_owned(), id: self.session_id.clone() });
         wire::ExecuteRequest {
             language: self.language,
             code: self.code.clone(),
@@ -95,6 +103,7 @@ impl CodeExecutionRequest {
             memory_bytes: None,
             output_bytes: None,
             files,
+            session,
         }
     }
 }
@@ -170,6 +179,25 @@ fn validate(request: &CodeExecutionRequest, limits: &Limits) -> Result<(), ApiEr
         )
         .with_detail("field", "file_ids"));
     }
+    let in_session = request.session || request.session_id.is_some();
+    if request.session && request.session_id.is_some() {
+        return Err(ApiError::bad_request(
+            ErrorCode::ValidationFailed,
+            "give session: true to start a session, or session_id to continue one, not both",
+        )
+        .with_detail("field", "session"));
+    }
+    if request.session_id.as_deref().is_some_and(|id| !wire::is_session_id(id)) {
+        return Err(ApiError::not_found("session"));
+    }
+    if in_session && request.language != Language::Python {
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "sessions are Python only for now")
+            .with_detail("field", "session"));
+    }
+    if in_session && request.stdin.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "stdin is not available in a session")
+            .with_detail("field", "stdin"));
+    }
     if let Some(c) = &request.conversation_id {
         if !shared::is_uuid(c) {
             return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "conversation_id must be a UUID")
@@ -195,6 +223,8 @@ pub fn passthrough(status: u16, value: &Value) -> ApiError {
         Some("payload_too_large") => ErrorCode::PayloadTooLarge,
         Some("sandbox_busy") => ErrorCode::SandboxBusy,
         Some("language_unavailable") => ErrorCode::LanguageUnavailable,
+        Some("not_found") => ErrorCode::NotFound,
+        Some("conflict") => ErrorCode::Conflict,
         _ if status == 503 => ErrorCode::SandboxUnavailable,
         _ => ErrorCode::ValidationFailed,
     };
@@ -260,6 +290,10 @@ mod tests {
             (br#"{"language":"python","code":"x","timeout_ms":60001}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","conversation_id":"nope"}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","file_ids":["nope"]}"#, 400, "validation_failed"),
+            (br#"{"language":"javascript","code":"x","session":true}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","session":true,"stdin":"a"}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","session":true,"session_id":"abcdefgh-abcdefghijklmnopqrstuvwx"}"#, 400, "validation_failed"),
+            (br#"{"language":"python","code":"x","session_id":"../etc"}"#, 404, "not_found"),
             (br#"{"language":"javascript","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11"]}"#, 400, "validation_failed"),
             (
                 br#"{"language":"python","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11","6F1C1E0E-8C3A-4D7E-9A57-0D6B5C0F3A11"]}"#,

@@ -99,6 +99,41 @@ pub struct Outcome {
     pub fuel_used: u64,
     /// Files from `/out`.
     pub artifacts: Vec<Artifact>,
+    /// The session this execution ran in, when it ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Whether the session ended with this execution (a limit or a trap stops its interpreter).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub session_ended: bool,
+}
+
+/// Which session an execution runs in, and whose it is: `id` names a live one, none starts one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    /// Who may use the session (the caller's user id); another owner's id is not found.
+    pub owner: String,
+    /// A live session's id; absent, a new session is started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// The body of `POST /v1/sessions/end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndSession {
+    /// As in [`SessionRequest`].
+    pub owner: String,
+    /// The session to end.
+    pub id: String,
+}
+
+/// Whether `id` has the shape of a session id: an 8-character replica tag, `-`, 24 characters,
+/// all lowercase ASCII letters and digits. Both the sender and the sandbox check it.
+pub fn is_session_id(id: &str) -> bool {
+    id.len() == 33
+        && id.as_bytes()[8] == b'-'
+        && id.bytes().enumerate().all(|(i, b)| i == 8 || b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The body of `POST /v1/execute`.
@@ -127,6 +162,9 @@ pub struct ExecuteRequest {
     /// Files mounted read-only under `/data` (Python; JavaScript has no file API).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<InputFile>,
+    /// Run in a session (Python): state kept between executions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRequest>,
 }
 
 impl Language {
@@ -186,6 +224,7 @@ mod tests {
             memory_bytes: None,
             output_bytes: None,
             files: Vec::new(),
+            session: None,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"language":"typescript","code":"let x: number = 1","timeout_ms":500}"#);
@@ -221,11 +260,14 @@ mod tests {
             duration_ms: 1.5,
             fuel_used: 7,
             artifacts: vec![Artifact { name: "a.png".into(), mime_type: "image/png".into(), data: vec![0, 255] }],
+            session_id: None,
+            session_ended: false,
         };
         let value = serde_json::to_value(&outcome).unwrap();
         assert_eq!(value["status"], "out_of_fuel");
         assert_eq!(value["status"], Status::OutOfFuel.as_str());
         assert_eq!(value["artifacts"][0]["data"], "AP8=");
+        assert!(value.get("session_id").is_none() && value.get("session_ended").is_none());
         let back: Outcome = serde_json::from_value(value).unwrap();
         assert_eq!(back.artifacts[0].data, vec![0, 255]);
     }

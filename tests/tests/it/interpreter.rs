@@ -132,3 +132,53 @@ async fn uploads_past_the_input_cap_are_refused_before_running() -> anyhow::Resu
     assert_eq!(recorded, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_session_keeps_state_across_calls_for_its_owner_only() -> anyhow::Result<()> {
+    let s = stack(&[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let (user, other) = (s.db.user().await?, s.db.user().await?);
+    let file = upload(&s.host, &user, "sales.csv", b"region,amount\nnorth,3\nsouth,4\nnorth,5\n").await?;
+    let first = run(
+        &s.host,
+        &user,
+        json!({"language": "python", "session": true, "file_ids": [file],
+               "code": "import pandas as pd\ndf = pd.read_csv('/data/sales.csv')\nprint(len(df))"}),
+    )
+    .await?;
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["stdout"], "3\n");
+    let session = first.json()["session_id"].as_str().unwrap_or_default().to_owned();
+    assert!(!session.is_empty(), "{}", first.json());
+    let second = run(&s.host, &user, json!({"language": "python", "session_id": session, "code": "df['double'] = df.amount * 2\nprint(int(df.double.sum()))"})).await?;
+    assert_eq!(second.json()["stdout"], "24\n", "{}", second.json());
+    let third =
+        run(&s.host, &user, json!({"language": "python", "session_id": session, "code": "print(list(df.columns))"}))
+            .await?;
+    assert_eq!(third.json()["stdout"], "['region', 'amount', 'double']\n", "{}", third.json());
+    // Each call is its own row, naming the session.
+    let named: i64 = s
+        .db
+        .admin()
+        .await?
+        .query_one("select count(*) from code_executions where user_id = $1 and session_id = $2", &[&user.id, &session])
+        .await?
+        .get(0);
+    assert_eq!(named, 3);
+    // Another user cannot use or end it.
+    let stolen =
+        run(&s.host, &other, json!({"language": "python", "session_id": session, "code": "print(df)"})).await?;
+    assert_eq!((stolen.status, stolen.error_code()), (404, "not_found".to_owned()));
+    let path = format!("{CODE}/sessions/{session}");
+    let refused = s.host.send("DELETE", &path, Some(&other.token), None, &[]).await?;
+    assert_eq!(refused.status, 404);
+    // Its owner ends it; after that it is a clear 404.
+    let ended = s.host.send("DELETE", &path, Some(&user.token), None, &[]).await?;
+    assert_eq!(ended.status, 204, "{}", String::from_utf8_lossy(&ended.body));
+    let after = run(&s.host, &user, json!({"language": "python", "session_id": session, "code": "print(df)"})).await?;
+    assert_eq!((after.status, after.error_code()), (404, "not_found".to_owned()));
+    assert!(after.json()["error"]["message"].as_str().is_some_and(|m| m.contains("session")), "{}", after.json());
+    // A call without a session is as fresh as ever.
+    let fresh = run(&s.host, &user, json!({"language": "python", "code": "print('df' in globals())"})).await?;
+    assert_eq!(fresh.json()["stdout"], "False\n");
+    Ok(())
+}
