@@ -200,7 +200,7 @@ mod tests {
         assert!(matches!(policy.check_files(&[file("a", 11)]), Err(SandboxError::TooLarge(_))));
         assert!(matches!(policy.check_files(&[file("../x", 1)]), Err(SandboxError::Invalid(_))));
         assert!(matches!(policy.check_files(&[file("a", 1), file("a", 1)]), Err(SandboxError::Invalid(_))));
-        let base64_of_the_cap = (policy.max_input_bytes + 2) / 3 * 4;
+        let base64_of_the_cap = policy.max_input_bytes.div_ceil(3) * 4;
         assert!(policy.max_request_bytes() > (policy.max_code_bytes + policy.max_stdin_bytes) * 6 + base64_of_the_cap);
     }
 }

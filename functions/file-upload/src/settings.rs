@@ -42,7 +42,7 @@ impl Settings {
     pub fn from_variables(var: impl Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         Settings {
-            storage: StorageSettings::from_variables(&var),
+            storage: StorageSettings::from_variables(var),
             max_bytes: var("upload_max_bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_BYTES),
             allowed_types: var("upload_allowed_types"),
             url_expiry_secs: var("upload_url_expiry_secs")
