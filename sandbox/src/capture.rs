@@ -17,7 +17,22 @@ struct Captured {
     cap: usize,
     kept: BytesMut,
     written: u64,
+    /// Where kept bytes are also sent as they are written, for a streamed execution.
+    tap: Option<(Channel, Tap)>,
 }
+
+/// Which of the guest's output streams a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// The receiving end's sender for a streamed execution's output. Unbounded on purpose: only
+/// kept bytes are sent, so what it can hold is bounded by the two streams' output caps.
+pub type Tap = tokio::sync::mpsc::UnboundedSender<(Channel, Vec<u8>)>;
 
 /// A capped in-memory sink for one stream of one execution.
 #[derive(Clone)]
@@ -29,6 +44,12 @@ impl Capture {
     pub(crate) fn new(cap: u64) -> Self {
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
         Capture { state: Arc::new(Mutex::new(Captured { cap, ..Captured::default() })) }
+    }
+
+    /// The same sink, also sending what it keeps to `tap` as `channel`.
+    pub(crate) fn tapped(self, tap: Option<&Tap>, channel: Channel) -> Self {
+        self.lock().tap = tap.map(|t| (channel, t.clone()));
+        self
     }
 
     /// Empties the sink for the next execution of a session, with that execution's cap.
@@ -50,6 +71,10 @@ impl Capture {
         let room = state.cap.saturating_sub(state.kept.len());
         let take = room.min(bytes.len());
         state.kept.extend_from_slice(&bytes[..take]);
+        if let (Some((channel, tap)), true) = (&state.tap, take > 0) {
+            // A receiver gone (the client left) only means nobody watches the stream.
+            let _ = tap.send((*channel, bytes[..take].to_vec()));
+        }
     }
 
     /// (text kept, bytes written in all, whether some were cut).

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{InstancePre, Linker};
 use wasmtime_wasi::FsPerms;
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Channel, Tap};
 use crate::engine::{self, Engines, GuestState};
 use crate::limits::Limits;
 use crate::{Outcome, SandboxError, Scratch, Status};
@@ -58,14 +58,15 @@ impl JavascriptRuntime {
         stdin: &[u8],
         limits: &Limits,
         scratch: &Scratch,
+        tap: Option<&Tap>,
     ) -> Result<Outcome, SandboxError> {
         if source.contains('\0') {
             return Err(SandboxError::Invalid("code must not contain NUL characters".into()));
         }
         let started = Instant::now();
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let stdout = Capture::new(limits.output_bytes);
-        let stderr = Capture::new(limits.output_bytes);
+        let stdout = Capture::new(limits.output_bytes).tapped(tap, Channel::Stdout);
+        let stderr = Capture::new(limits.output_bytes).tapped(tap, Channel::Stderr);
         let mode = if typescript { "--typescript" } else { "--javascript" };
         let wasi = wasi(&["chatedge_js", mode, source], scratch.root(), stdin, &stdout, &stderr)?;
         let mut store = engine::store(

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+pub use capture::{Channel, Tap};
 pub use engine::CACHE_FORMAT;
 pub use limits::{Limits, LimitsRequest, Policy};
 
@@ -186,6 +187,20 @@ impl Sandbox {
         files: &[InputFile],
         limits: &LimitsRequest,
     ) -> Result<Outcome, SandboxError> {
+        self.run_streaming(language, code, stdin, files, limits, None).await
+    }
+
+    /// [`Sandbox::run_with_files`], also sending the program's output to `tap` as it is written
+    /// (Python's streams line-buffered for it).
+    pub async fn run_streaming(
+        &self,
+        language: Language,
+        code: &str,
+        stdin: &[u8],
+        files: &[InputFile],
+        limits: &LimitsRequest,
+        tap: Option<&Tap>,
+    ) -> Result<Outcome, SandboxError> {
         let inner = &self.inner;
         let limits = inner.policy.resolve(limits)?;
         self.check_sizes(code, stdin, files)?;
@@ -201,11 +216,11 @@ impl Sandbox {
         let outcome = match language {
             Language::Python => {
                 let python = inner.python.as_ref().ok_or_else(|| unavailable("python"))?;
-                python.run(code, stdin, &limits, &scratch).await
+                python.run(code, stdin, &limits, &scratch, tap).await
             }
             Language::Javascript | Language::Typescript => {
                 let js = inner.javascript.as_ref().ok_or_else(|| unavailable("javascript"))?;
-                js.run(code, language == Language::Typescript, stdin, &limits, &scratch).await
+                js.run(code, language == Language::Typescript, stdin, &limits, &scratch, tap).await
             }
         };
         let mut outcome = outcome?;

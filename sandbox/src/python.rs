@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Instance, InstancePre, Linker, Store};
 use wasmtime_wasi::FsPerms;
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Channel, Tap};
 use crate::engine::{self, Engines, GuestState};
 use crate::limits::Limits;
 use crate::{Outcome, SandboxError, Scratch};
@@ -241,11 +241,12 @@ impl PythonRuntime {
         stdin: &[u8],
         limits: &Limits,
         scratch: &Scratch,
+        tap: Option<&Tap>,
     ) -> Result<Outcome, SandboxError> {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let stdout = Capture::new(limits.output_bytes);
-        let stderr = Capture::new(limits.output_bytes);
+        let stdout = Capture::new(limits.output_bytes).tapped(tap, Channel::Stdout);
+        let stderr = Capture::new(limits.output_bytes).tapped(tap, Channel::Stderr);
         let wasi = self.files.wasi(scratch, stdin, &stdout, &stderr)?;
         let mut store = engine::store(
             &self.engines.engine,
@@ -260,6 +261,10 @@ impl PythonRuntime {
             if begun != 0 {
                 return Ok(begun);
             }
+            // Streamed: each line reaches the tap as it is printed, not at the flush.
+            if tap.is_some() {
+                turn(&mut store, &instance, LINE_BUFFERED).await?;
+            }
             let code_result = turn(&mut store, &instance, code).await?;
             turn(&mut store, &instance, END).await?;
             Ok(code_result)
@@ -268,6 +273,10 @@ impl PythonRuntime {
         Ok(engine::finish(&store, result, limits, &stdout, &stderr, started))
     }
 }
+
+/// The turn that makes a streamed execution's output line-buffered.
+const LINE_BUFFERED: &str =
+    "import sys\nsys.stdout.reconfigure(line_buffering=True)\nsys.stderr.reconfigure(line_buffering=True)";
 
 /// A session's interpreter: one instance of the snapshot kept between executions, with its own
 /// scratch folder (so `/tmp` carries over too) and output sinks emptied per execution.

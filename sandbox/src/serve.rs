@@ -16,13 +16,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::Incoming;
 use shared::signing::{self, SeenNonces, SignedHeaders};
 use shared::ApiError;
 use tokio::net::TcpListener;
 
 use crate::{Config, ExecuteRequest, LimitsRequest, Sandbox, SandboxError};
+
+/// A response body: whole, or a stream of NDJSON lines.
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed_unsync()
+}
+
+/// Lines a streamed answer may have waiting for a slow client before the execution's output
+/// waits too (the output itself is bounded by its caps).
+const STREAM_BUFFER: usize = 64;
 
 /// How long after a failed load the next request may try again.
 const RELOAD_AFTER: Duration = Duration::from_secs(5);
@@ -150,7 +162,7 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Response<Body> {
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let result = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => match loader.get().await {
@@ -225,16 +237,12 @@ async fn signed_body(loader: &Loader, signer: &Signer, req: Request<Incoming>) -
     Ok((sandbox, body))
 }
 
-async fn end_session(
-    loader: &Loader,
-    signer: &Signer,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn end_session(loader: &Loader, signer: &Signer, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (sandbox, body) = signed_body(loader, signer, req).await?;
     let request: crate::EndSession = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("invalid end-session request: {e}")))?;
     if sandbox.end_session(&request.owner, &request.id) {
-        let mut response = Response::new(Full::new(Bytes::new()));
+        let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         Ok(response)
     } else {
@@ -247,7 +255,7 @@ async fn execute(
     signer: &Signer,
     req: Request<Incoming>,
     request_id: Option<&str>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Response<Body>, ApiError> {
     let (sandbox, body) = signed_body(loader, signer, req).await?;
     let request: ExecuteRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidRequest, format!("invalid execute request: {e}")))?;
@@ -258,6 +266,15 @@ async fn execute(
         output_bytes: request.output_bytes,
     };
     let stdin = request.stdin.unwrap_or_default();
+    if request.stream {
+        if request.session.is_some() {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidRequest,
+                "a session's executions are not streamed yet",
+            ));
+        }
+        return Ok(stream(sandbox, request.language, request.code, stdin, request.files, limits));
+    }
     let started = Instant::now();
     let outcome = match &request.session {
         Some(_) if !stdin.is_empty() => {
@@ -293,6 +310,116 @@ async fn execute(
     Ok(json(StatusCode::OK, body))
 }
 
+/// A streamed execution: `200 application/x-ndjson` at once, then one [`StreamEvent`] per line
+/// as the program writes, the outcome (or the refusal) last. The execution runs in a task of
+/// its own; a client that goes away drops the stream's receiver and the execution with it.
+fn stream(
+    sandbox: Sandbox,
+    language: wire::Language,
+    code: String,
+    stdin: String,
+    files: Vec<wire::InputFile>,
+    limits: LimitsRequest,
+) -> Response<Body> {
+    let (lines, receiver) = tokio::sync::mpsc::channel::<Bytes>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let run = sandbox.run_streaming(language, &code, stdin.as_bytes(), &files, &limits, Some(&tap));
+        tokio::pin!(run);
+        let mut pending = Utf8Carry::default();
+        let result = loop {
+            tokio::select! {
+                Some((channel, bytes)) = chunks.recv() => {
+                    if let Some(event) = pending.event(channel, &bytes) {
+                        if lines.send(line(&event)).await.is_err() {
+                            return; // the client left: the execution is dropped with this task
+                        }
+                    }
+                }
+                result = &mut run => break result,
+            }
+        };
+        // Output written just before the end, then the end.
+        while let Ok((channel, bytes)) = chunks.try_recv() {
+            if let Some(event) = pending.event(channel, &bytes) {
+                let _ = lines.send(line(&event)).await;
+            }
+        }
+        for event in pending.rest() {
+            let _ = lines.send(line(&event)).await;
+        }
+        let last = match result {
+            Ok(outcome) => wire::StreamEvent::Outcome { outcome: Box::new(outcome) },
+            Err(e) => {
+                let e = api_error(e);
+                let body: serde_json::Value = serde_json::from_slice(&e.body()).unwrap_or_default();
+                wire::StreamEvent::Error { status: e.status, error: body["error"].clone() }
+            }
+        };
+        let _ = lines.send(line(&last)).await;
+    });
+    let body = StreamBody::new(futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|bytes| (Ok::<_, Infallible>(hyper::body::Frame::data(bytes)), receiver))
+    }));
+    let mut response = Response::new(body.boxed_unsync());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+fn line(event: &wire::StreamEvent) -> Bytes {
+    let mut text = serde_json::to_vec(event).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// Each stream's incomplete UTF-8 tail, kept for its next chunk so no character is split.
+#[derive(Default)]
+struct Utf8Carry {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Utf8Carry {
+    fn event(&mut self, channel: crate::Channel, bytes: &[u8]) -> Option<wire::StreamEvent> {
+        let carry = match channel {
+            crate::Channel::Stdout => &mut self.stdout,
+            crate::Channel::Stderr => &mut self.stderr,
+        };
+        carry.extend_from_slice(bytes);
+        // Up to 3 bytes of a character may wait; anything else invalid is replaced now.
+        let complete = match std::str::from_utf8(carry) {
+            Ok(_) => carry.len(),
+            Err(e) if e.error_len().is_none() && carry.len() - e.valid_up_to() <= 3 => e.valid_up_to(),
+            Err(_) => carry.len(),
+        };
+        if complete == 0 {
+            return None;
+        }
+        let data = String::from_utf8_lossy(&carry[..complete]).into_owned();
+        carry.drain(..complete);
+        Some(match channel {
+            crate::Channel::Stdout => wire::StreamEvent::Stdout { data },
+            crate::Channel::Stderr => wire::StreamEvent::Stderr { data },
+        })
+    }
+
+    fn rest(&mut self) -> Vec<wire::StreamEvent> {
+        let mut out = Vec::new();
+        for (channel, carry) in [(crate::Channel::Stdout, &mut self.stdout), (crate::Channel::Stderr, &mut self.stderr)]
+        {
+            if !carry.is_empty() {
+                let data = String::from_utf8_lossy(carry).into_owned();
+                carry.clear();
+                out.push(match channel {
+                    crate::Channel::Stdout => wire::StreamEvent::Stdout { data },
+                    crate::Channel::Stderr => wire::StreamEvent::Stderr { data },
+                });
+            }
+        }
+        out
+    }
+}
+
 /// The HTTP face of a refusal.
 pub fn api_error(error: SandboxError) -> ApiError {
     match error {
@@ -309,14 +436,14 @@ pub fn api_error(error: SandboxError) -> ApiError {
     }
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
-fn error_response(error: &ApiError) -> Response<Full<Bytes>> {
+fn error_response(error: &ApiError) -> Response<Body> {
     let mut response =
         json(StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), error.body());
     for (name, value) in &error.headers {

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use sandbox::{Config, InputFile, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
+use sandbox::{Channel, Config, InputFile, Language, LimitsRequest, Outcome, Sandbox, SandboxError, Status};
 
 /// The runtimes `./dev test` provides.
 fn config() -> Config {
@@ -567,4 +567,23 @@ async fn owners_have_a_cap_and_idle_sessions_expire() {
         sandbox.run_session(Language::Python, "carol", s.session_id.as_deref(), "print(a)", &[], &limits).await;
     assert!(matches!(expired, Err(SandboxError::SessionNotFound(_))), "{expired:?}");
     assert_eq!(sandbox.sessions(), 0);
+}
+
+#[tokio::test]
+async fn output_is_streamed_as_the_program_writes_it() {
+    let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+    let sandbox = sandbox().clone();
+    let running = tokio::spawn(async move {
+        let limits = LimitsRequest { timeout_ms: Some(50_000), ..Default::default() };
+        let code = "import sys, time\nprint('first')\nprint('oops', file=sys.stderr)\ntime.sleep(40)";
+        sandbox.run_streaming(Language::Python, code, b"", &[], &limits, Some(&tap)).await
+    });
+    let first = chunks.recv().await.expect("a chunk");
+    let second = chunks.recv().await.expect("a chunk");
+    assert_eq!(first, (Channel::Stdout, b"first\n".to_vec()));
+    assert_eq!(second, (Channel::Stderr, b"oops\n".to_vec()));
+    // The program sleeps 40 s after writing: the chunks came long before its end.
+    assert!(!running.is_finished());
+    running.abort();
+    still_healthy().await;
 }

@@ -137,6 +137,39 @@ impl Reply {
     }
 }
 
+/// What a handler that may stream answers.
+pub enum Answered {
+    /// A whole response for [`serve_streaming`] to send.
+    Reply(Reply),
+    /// The handler sent its own response through the [`Responder`] (a stream).
+    Streamed,
+}
+
+/// [`serve`] for a handler that may stream: it gets the [`Responder`] too, and answers
+/// [`Answered::Streamed`] once it has responded itself. An error it returns before starting a
+/// response gets the envelope as usual.
+pub async fn serve_streaming(
+    req: IncomingRequest,
+    out: ResponseOutparam,
+    handler: impl AsyncFnOnce(&Incoming, IncomingRequest, &mut Responder) -> Result<Answered, ApiError>,
+) {
+    let incoming = Incoming::from_head(&req);
+    let mut responder = Responder::new(out, incoming.origin.clone());
+    responder.request_id = incoming.request_id.clone();
+    if incoming.method == Method::Options {
+        responder.send(204, &[], Vec::new()).await;
+        return;
+    }
+    match handler(&incoming, req, &mut responder).await {
+        Ok(Answered::Reply(reply)) => {
+            let headers: Vec<(&str, String)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+            responder.send(reply.status, &headers, reply.body).await
+        }
+        Ok(Answered::Streamed) => {}
+        Err(e) => responder.error(&e).await,
+    }
+}
+
 /// Runs a handler: preflight, the error envelope (with the request id; internal details to the
 /// log) and CORS on every response. The handler gets the request's head and the request itself,
 /// whose body it reads with [`read_body`] once it knows who is calling.

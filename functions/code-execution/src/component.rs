@@ -14,10 +14,14 @@ use crate::execution::{
     clamp, parse, passthrough, sandbox_unavailable, Answer, CodeExecutionRequest, Limits, Outcome,
     DEFAULT_MAX_TIMEOUT_MS,
 };
+use futures::SinkExt as _;
 use serde_json::{json, Value};
 use shared::outbound::{self, Timeouts};
 use shared::ratelimit::Subject;
-use shared::spin::{read_body, require_user, required_variable, serve, variable, Incoming, Reply, RlsTransaction};
+use shared::spin::{
+    read_body, require_user, required_variable, serve_streaming, variable, Answered, Incoming, Reply, Responder,
+    RlsTransaction,
+};
 use shared::storage::{StorageConfig, StorageSettings};
 use shared::{limiter, signing, ApiError, ErrorCode};
 use spin_sdk::http::{IncomingRequest, Method, ResponseOutparam};
@@ -32,49 +36,74 @@ const LINK_TTL_SECS: u64 = 3600;
 
 #[http_component]
 async fn handle(req: IncomingRequest, out: ResponseOutparam) {
-    serve(req, out, route).await
+    serve_streaming(req, out, route).await
 }
 
-async fn route(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
-    match (incoming.segments().as_slice(), &incoming.method) {
-        ([], Method::Post) => execute(incoming, req).await,
+async fn route(incoming: &Incoming, req: IncomingRequest, responder: &mut Responder) -> Result<Answered, ApiError> {
+    let reply = match (incoming.segments().as_slice(), &incoming.method) {
+        ([], Method::Post) => return execute(incoming, req, responder).await,
         ([], _) => Err(ApiError::method_not_allowed("POST, OPTIONS")),
         (["visualizations", id], Method::Get) => visualization(incoming, id),
         (["visualizations", _], _) => Err(ApiError::method_not_allowed("GET, OPTIONS")),
         (["sessions", id], Method::Delete) => end_session(incoming, id).await,
         (["sessions", _], _) => Err(ApiError::method_not_allowed("DELETE, OPTIONS")),
         _ => Err(ApiError::not_found("route")),
-    }
+    };
+    reply.map(Answered::Reply)
 }
 
-async fn execute(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, ApiError> {
+async fn execute(incoming: &Incoming, req: IncomingRequest, responder: &mut Responder) -> Result<Answered, ApiError> {
     let (user_id, principal) = require_user(incoming)?;
     let verdict = limiter::enforce("code", &Subject::user(&user_id), 1)?;
     let limits = Limits::from_variables(variable);
     let body = read_body(req, incoming.content_length, limits.max_body_bytes()).await?;
     let request = parse(&body, &limits)?;
-    // Read only when used: a plain execution pays no variable lookups for storage.
-    let storage = || StorageSettings::from_variables(variable);
     // Everything the caller named is checked before anything runs.
     let inputs = check_named(&principal, &user_id, &request, &limits)?;
-    let files = if inputs.is_empty() { Vec::new() } else { read_inputs(&storage().config()?, inputs).await? };
+    let files = if inputs.is_empty() { Vec::new() } else { read_inputs(&storage_settings().config()?, inputs).await? };
     let sandbox_body =
         serde_json::to_vec(&request.to_sandbox(files, &user_id)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let rate_headers = verdict.map(|v| v.headers()).unwrap_or_default();
+    let caller = Caller { principal: &principal, user_id: &user_id, request: &request };
+    if request.stream {
+        return stream(&caller, &sandbox_body, incoming.request_id.as_deref(), rate_headers, responder).await;
+    }
     let outcome = call_sandbox(&sandbox_body, request.timeout_ms, incoming.request_id.as_deref()).await?;
     drop(sandbox_body);
+    let answer = keep(&caller, &outcome).await?;
+    let mut response = Reply::json(200, &answer);
+    response.headers.extend(rate_headers);
+    Ok(Answered::Reply(response))
+}
+
+/// Read only when used: a plain execution pays no variable lookups for storage.
+fn storage_settings() -> StorageSettings {
+    StorageSettings::from_variables(variable)
+}
+
+/// Who asked for an execution, and what.
+struct Caller<'a> {
+    principal: &'a shared::auth::Principal,
+    user_id: &'a str,
+    request: &'a CodeExecutionRequest,
+}
+
+/// What is kept of an execution the sandbox ran: its images stored (when storage is
+/// configured), its rows written; answers the response body.
+async fn keep(caller: &Caller<'_>, outcome: &Outcome) -> Result<Value, ApiError> {
     let execution_id = uuid::Uuid::new_v4().to_string();
     // Without storage configured, images come back inline only.
     let drew = outcome.artifacts.iter().any(|a| artifacts::image_extension(&a.mime_type).is_some());
-    let settings = drew.then(storage).filter(|s| s.endpoint.is_some());
+    let settings = drew.then(storage_settings).filter(|s| s.endpoint.is_some());
     let (storage, images) = match settings {
         Some(settings) => {
             let storage = settings.config()?;
-            let images = store_images(&storage, &user_id, &execution_id, &outcome).await?;
+            let images = store_images(&storage, caller.user_id, &execution_id, outcome).await?;
             (Some(storage), images)
         }
         None => (None, Vec::new()),
     };
-    let recorded = record(&principal, &user_id, &execution_id, &request, &outcome, &images);
+    let recorded = record(caller.principal, caller.user_id, &execution_id, caller.request, outcome, &images);
     let (id, rows) = match (recorded, &storage) {
         (Ok(done), _) => done,
         (Err(e), Some(storage)) => {
@@ -87,9 +116,91 @@ async fn execute(incoming: &Incoming, req: IncomingRequest) -> Result<Reply, Api
         Some(storage) => links(storage, &images, &rows),
         None => Vec::new(),
     };
-    let mut response = Reply::json(200, &Answer { id, language: request.language, outcome: &outcome, visualizations });
-    response.headers.extend(verdict.map(|v| v.headers()).unwrap_or_default());
-    Ok(response)
+    serde_json::to_value(Answer { id, language: caller.request.language, outcome, visualizations })
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Largest line of the sandbox's stream (the outcome line, with its inline artifacts).
+const MAX_STREAM_LINE: usize = 64 << 20;
+
+/// `stream: true`: the sandbox's NDJSON events become server-sent events (`stdout`, `stderr`
+/// as written, then `outcome` with the stored row's id, or `error`). The rows are written when
+/// the outcome arrives, before it is sent; a client that leaves early does not stop that.
+async fn stream(
+    caller: &Caller<'_>,
+    body: &[u8],
+    request_id: Option<&str>,
+    rate_headers: Vec<(String, String)>,
+    responder: &mut Responder,
+) -> Result<Answered, ApiError> {
+    let timeouts = execute_timeouts(caller.request.timeout_ms);
+    let mut response = signed_start("/v1/execute", body, timeouts, request_id).await?;
+    if response.status != 200 {
+        let status = response.status;
+        let bytes = response.read_to_end(1 << 20).await.map_err(|_| sandbox_unavailable("answer cut short"))?;
+        return Err(sandbox_refusal(status, &bytes));
+    }
+    let mut headers: Vec<(&str, String)> =
+        vec![("content-type", "text/event-stream".to_owned()), ("cache-control", "no-cache".to_owned())];
+    headers.extend(rate_headers.iter().map(|(n, v)| (n.as_str(), v.clone())));
+    let Some(mut sink) = responder.start(200, &headers) else { return Ok(Answered::Streamed) };
+    let mut client_here = true;
+    let mut send = async |event: &str, data: &Value| {
+        if client_here {
+            let frame = format!("event: {event}\ndata: {data}\n\n");
+            client_here = sink.send(frame.into_bytes()).await.is_ok();
+        }
+    };
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut ended = false;
+    'read: loop {
+        let chunk = match response.chunk().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(_)) | None => break,
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(at) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=at).collect();
+            match serde_json::from_slice::<wire::StreamEvent>(&line) {
+                Ok(wire::StreamEvent::Stdout { data }) => send("stdout", &json!({ "data": data })).await,
+                Ok(wire::StreamEvent::Stderr { data }) => send("stderr", &json!({ "data": data })).await,
+                Ok(wire::StreamEvent::Outcome { outcome }) => {
+                    match keep(caller, &outcome).await {
+                        Ok(answer) => send("outcome", &answer).await,
+                        Err(e) => send("error", &error_event(&e, request_id)).await,
+                    }
+                    ended = true;
+                    break 'read;
+                }
+                Ok(wire::StreamEvent::Error { status, error }) => {
+                    let e = passthrough(status, &json!({ "error": error }));
+                    send("error", &error_event(&e, request_id)).await;
+                    ended = true;
+                    break 'read;
+                }
+                Err(_) => break 'read,
+            }
+        }
+        if buffer.len() > MAX_STREAM_LINE {
+            break;
+        }
+    }
+    if !ended {
+        send("error", &error_event(&sandbox_unavailable("the stream was cut short"), request_id)).await;
+    }
+    Ok(Answered::Streamed)
+}
+
+/// An error as an `error` event's data: the envelope, with the request id.
+fn error_event(e: &ApiError, request_id: Option<&str>) -> Value {
+    if let Some(detail) = &e.log {
+        eprintln!("request_id={} {} {}: {detail}", request_id.unwrap_or("-"), e.status, e.code);
+    }
+    let e = match request_id {
+        Some(id) => e.clone().with_detail("request_id", id),
+        None => e.clone(),
+    };
+    serde_json::from_slice(&e.body()).unwrap_or(Value::Null)
 }
 
 /// An upload to read: its row's id, key and size, and its name under `/data`.
@@ -326,13 +437,13 @@ async fn end_session(incoming: &Incoming, id: &str) -> Result<Reply, ApiError> {
     }
 }
 
-/// POSTs `body`, signed, to `<sandbox_url><path>`: the status and the answer's bytes.
-async fn signed_post(
+/// POSTs `body`, signed, to `<sandbox_url><path>` and waits for the answer's head.
+async fn signed_start(
     path: &str,
     body: &[u8],
     timeouts: Timeouts,
     request_id: Option<&str>,
-) -> Result<(u16, Vec<u8>), ApiError> {
+) -> Result<outbound::Response, ApiError> {
     let base = required_variable("sandbox_url")?;
     let secret = required_variable("sandbox_secret")?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -349,26 +460,38 @@ async fn signed_post(
         headers.push(("x-request-id".to_owned(), id.to_owned()));
     }
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut response = outbound::post(&url, &headers, body, timeouts).await.map_err(|e| match e {
+    outbound::post(&url, &headers, body, timeouts).await.map_err(|e| match e {
         outbound::SendError::Timeout(_) => sandbox_unavailable("timed out"),
         outbound::SendError::Denied(_) => {
             ApiError::internal("server misconfigured: sandbox_url is not an allowed outbound host")
         }
         _ => sandbox_unavailable("unreachable"),
-    })?;
+    })
+}
+
+/// [`signed_start`], then the whole answer: its status and bytes.
+async fn signed_post(
+    path: &str,
+    body: &[u8],
+    timeouts: Timeouts,
+    request_id: Option<&str>,
+) -> Result<(u16, Vec<u8>), ApiError> {
+    let mut response = signed_start(path, body, timeouts, request_id).await?;
     let status = response.status;
     let bytes = response.read_to_end(64 << 20).await.map_err(|_| sandbox_unavailable("answer cut short"))?;
     Ok((status, bytes))
 }
 
+/// The sandbox may queue an execution, then runs it up to its deadline.
+fn execute_timeouts(timeout_ms: Option<u64>) -> Timeouts {
+    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
+    Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: deadline }
+}
+
 /// POSTs the signed body to `<sandbox_url>/v1/execute`; the sandbox's own 4xx and 503 answers
 /// reach the caller as they are.
 async fn call_sandbox(body: &[u8], timeout_ms: Option<u64>, request_id: Option<&str>) -> Result<Outcome, ApiError> {
-    // The sandbox may queue the execution, then runs it up to its deadline.
-    let deadline = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_MAX_TIMEOUT_MS)) + Duration::from_secs(60);
-    let timeouts =
-        Timeouts { connect: Duration::from_secs(5), first_byte: deadline, between_bytes: Duration::from_secs(30) };
-    let (status, bytes) = signed_post("/v1/execute", body, timeouts, request_id).await?;
+    let (status, bytes) = signed_post("/v1/execute", body, execute_timeouts(timeout_ms), request_id).await?;
     if status == 200 {
         return serde_json::from_slice(&bytes).map_err(|_| sandbox_unavailable("unreadable answer"));
     }

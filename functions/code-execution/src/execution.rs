@@ -84,6 +84,9 @@ pub struct CodeExecutionRequest {
     /// Continue a live session of the caller's.
     #[serde(default)]
     pub session_id: Option<String>,
+    /// Answer as server-sent events: output as the program writes it, the outcome last.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// The request body's `language`, the sandbox's outcome: the sandbox's own wire types.
@@ -104,6 +107,7 @@ impl CodeExecutionRequest {
             output_bytes: None,
             files,
             session,
+            stream: self.stream,
         }
     }
 }
@@ -189,6 +193,10 @@ fn validate(request: &CodeExecutionRequest, limits: &Limits) -> Result<(), ApiEr
     }
     if request.session_id.as_deref().is_some_and(|id| !wire::is_session_id(id)) {
         return Err(ApiError::not_found("session"));
+    }
+    if in_session && request.stream {
+        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "a session's executions are not streamed yet")
+            .with_detail("field", "stream"));
     }
     if in_session && request.language != Language::Python {
         return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "sessions are Python only for now")
@@ -294,6 +302,7 @@ mod tests {
             (br#"{"language":"python","code":"x","session":true,"stdin":"a"}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","session":true,"session_id":"abcdefgh-abcdefghijklmnopqrstuvwx"}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","session_id":"../etc"}"#, 404, "not_found"),
+            (br#"{"language":"python","code":"x","session":true,"stream":true}"#, 400, "validation_failed"),
             (br#"{"language":"javascript","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11"]}"#, 400, "validation_failed"),
             (
                 br#"{"language":"python","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11","6F1C1E0E-8C3A-4D7E-9A57-0D6B5C0F3A11"]}"#,

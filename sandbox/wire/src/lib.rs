@@ -165,6 +165,39 @@ pub struct ExecuteRequest {
     /// Run in a session (Python): state kept between executions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRequest>,
+    /// Answer as a stream of [`StreamEvent`]s, one JSON object per line, output as it is
+    /// written and the outcome last (not with a session).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
+}
+
+/// One line of a streamed `POST /v1/execute` answer (`application/x-ndjson`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// Standard output as the program wrote it (lossy UTF-8; a character split across writes
+    /// is kept whole for the next event).
+    Stdout {
+        /// The text.
+        data: String,
+    },
+    /// Standard error, likewise.
+    Stderr {
+        /// The text.
+        data: String,
+    },
+    /// How it ended: always the last line of a stream that ran.
+    Outcome {
+        /// Everything [`Outcome`] holds.
+        outcome: Box<Outcome>,
+    },
+    /// The execution was refused after the stream began (busy, invalid, unavailable).
+    Error {
+        /// The HTTP status a whole answer would have had.
+        status: u16,
+        /// The error envelope's `error` object.
+        error: serde_json::Value,
+    },
 }
 
 impl Language {
@@ -225,6 +258,7 @@ mod tests {
             output_bytes: None,
             files: Vec::new(),
             session: None,
+            stream: false,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"language":"typescript","code":"let x: number = 1","timeout_ms":500}"#);

@@ -182,3 +182,73 @@ async fn a_session_keeps_state_across_calls_for_its_owner_only() -> anyhow::Resu
     assert_eq!(fresh.json()["stdout"], "False\n");
     Ok(())
 }
+
+/// The SSE events of a whole streamed answer: (event, data).
+fn events(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|frame| !frame.trim().is_empty())
+        .map(|frame| {
+            let field = |name: &str| {
+                frame.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default().to_owned()
+            };
+            (field("event:"), serde_json::from_str(&field("data:")).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_execution_sends_output_before_it_ends() -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let s = stack(&[("SPIN_VARIABLE_RATELIMIT_CODE", "1000/min:1000")]).await?;
+    let user = s.db.user().await?;
+    let rows = async || -> anyhow::Result<i64> {
+        Ok(s.db.admin().await?.query_one("select count(*) from code_executions", &[]).await?.get(0))
+    };
+    // The program prints, then sleeps far past anything the test waits for.
+    let slow = json!({"language": "python", "stream": true, "timeout_ms": 20000,
+                      "code": "import time\nprint('first')\ntime.sleep(60)"});
+    let response = s.host.open(CODE, &user.token, &slow).await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = body.frame().await.expect("an event before the end")?;
+        if let Some(data) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+    assert_eq!(events(&text)[0], ("stdout".to_owned(), json!({"data": "first\n"})));
+    // The program is still running: nothing is recorded until it ends.
+    assert_eq!(rows().await?, 0);
+    drop(body); // the client leaves mid-stream; the host keeps serving
+
+    let whole = s
+        .host
+        .json(
+            "POST",
+            CODE,
+            &user.token,
+            json!({"language": "python", "stream": true,
+                   "code": "import sys\nprint('out')\nprint('err', file=sys.stderr)\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.title('t')\nplt.show()"}),
+        )
+        .await?;
+    assert_eq!(whole.status, 200, "{}", String::from_utf8_lossy(&whole.body));
+    let got = events(&String::from_utf8_lossy(&whole.body));
+    let kinds: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(kinds.contains(&"stdout") && kinds.contains(&"stderr"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"outcome"), "{kinds:?}");
+    let streamed: String = got.iter().filter(|(e, _)| e == "stdout").filter_map(|(_, d)| d["data"].as_str()).collect();
+    assert_eq!(streamed, "out\n");
+    let outcome = &got[got.len() - 1].1;
+    assert_eq!((outcome["status"].as_str(), outcome["stdout"].as_str()), (Some("ok"), Some("out\n")));
+    assert_eq!(outcome["visualizations"][0]["chart"]["title"], "t");
+    let id: uuid::Uuid = outcome["id"].as_str().unwrap_or_default().parse()?;
+    let status: String =
+        s.db.admin().await?.query_one("select status from code_executions where id = $1", &[&id]).await?.get(0);
+    assert_eq!(status, "ok");
+    // Refusals before anything runs are plain JSON errors.
+    let bad = run(&s.host, &user, json!({"language": "python", "stream": true, "session": true, "code": "1"})).await?;
+    assert_eq!((bad.status, bad.error_code()), (400, "validation_failed".to_owned()));
+    Ok(())
+}
