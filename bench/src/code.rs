@@ -59,6 +59,36 @@ async fn in_session(sandbox: &Sandbox, code: &str, n: usize) -> Result<(Duration
     Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
 }
 
+/// The program prints the wall clock (`time.time()`, WASI's real clock) and the host notes
+/// when that line reaches the output tap: p50 and p99 of write-to-tap over `n` executions.
+async fn first_streamed_byte(sandbox: &Sandbox, n: usize) -> Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(n);
+    let limits = LimitsRequest::default();
+    for _ in 0..n + 3 {
+        let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let run = sandbox.run_streaming(
+            Language::Python,
+            "import time\nprint(repr(time.time()))\ntime.sleep(0.05)",
+            b"",
+            &[],
+            &limits,
+            Some(&tap),
+        );
+        let watch = async {
+            let (_, bytes) = chunks.recv().await.context("no chunk")?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+            let written: f64 = String::from_utf8_lossy(&bytes).trim().parse()?;
+            anyhow::Ok(Duration::from_secs_f64((now - written).max(0.0)))
+        };
+        let (outcome, latency) = tokio::join!(run, watch);
+        anyhow::ensure!(outcome?.status == Status::Ok);
+        times.push(latency?);
+    }
+    let mut times = times.split_off(3);
+    times.sort();
+    Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
 /// Python `print(1)` executions per second with `workers` running at once for `span`.
 async fn throughput(sandbox: &Sandbox, workers: usize, span: Duration) -> Result<f64> {
     let started = Instant::now();
@@ -188,6 +218,10 @@ pub async fn bench() -> Result<()> {
     row(
         "numpy + pandas snippet, library (goal <= 10 ms)",
         library(&sandbox, Language::Python, NUMPY_PANDAS, 50).await?,
+    );
+    row(
+        "first streamed byte after the program writes it, library (goal <= 5 ms)",
+        first_streamed_byte(&sandbox, 50).await?,
     );
     row(
         "import scipy.stats, library (fresh instance; goal <= 50 ms)",

@@ -587,3 +587,20 @@ async fn output_is_streamed_as_the_program_writes_it() {
     running.abort();
     still_healthy().await;
 }
+
+#[tokio::test]
+async fn past_the_memory_budget_the_least_recently_used_session_ends() {
+    let mut tight = config();
+    // Smaller than one interpreter: every session but the one just used is over budget.
+    tight.policy.session_memory_budget = 1;
+    let sandbox = Sandbox::load(&tight).expect("loads");
+    let limits = session_limits();
+    let a = sandbox.run_session(Language::Python, "erin", None, "a = 1", &[], &limits).await.expect("starts");
+    let b = sandbox.run_session(Language::Python, "erin", None, "b = 2", &[], &limits).await.expect("starts");
+    let evicted =
+        sandbox.run_session(Language::Python, "erin", a.session_id.as_deref(), "print(a)", &[], &limits).await;
+    assert!(matches!(evicted, Err(SandboxError::SessionNotFound(_))), "{evicted:?}");
+    let kept = sandbox.run_session(Language::Python, "erin", b.session_id.as_deref(), "print(b)", &[], &limits).await;
+    assert_eq!(kept.expect("the recent one lives").stdout, "2\n");
+    assert_eq!(sandbox.sessions(), 1);
+}
