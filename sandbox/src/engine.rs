@@ -549,6 +549,18 @@ pub(crate) fn store(
     store
 }
 
+/// [`store`] for an execution in `scratch`, whose disk cap it watches.
+pub(crate) fn execution_store(
+    engine: &Engine,
+    wasi: WasiP1Ctx,
+    limits: &Limits,
+    deadline: Instant,
+    scratch: &crate::Scratch,
+) -> Result<Store<GuestState>, crate::SandboxError> {
+    let root = scratch.dir().map_err(anyhow::Error::from)?;
+    Ok(store(engine, wasi, limits, deadline, Some(root)))
+}
+
 /// Readies a session's store for its next execution: that execution's fuel, memory cap and
 /// deadline, and no memory refusal carried over from the last one.
 pub(crate) fn rearm(store: &mut Store<GuestState>, limits: &Limits, deadline: Instant) {

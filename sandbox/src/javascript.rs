@@ -69,13 +69,7 @@ impl JavascriptRuntime {
         let stderr = Capture::new(limits.output_bytes).tapped(tap, Channel::Stderr);
         let mode = if typescript { "--typescript" } else { "--javascript" };
         let wasi = wasi(&["chatedge_js", mode, source], scratch.root(), stdin, &stdout, &stderr)?;
-        let mut store = engine::store(
-            &self.engines.engine,
-            wasi,
-            limits,
-            deadline,
-            Some(scratch.dir().map_err(anyhow::Error::from)?),
-        );
+        let mut store = engine::execution_store(&self.engines.engine, wasi, limits, deadline, scratch)?;
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;

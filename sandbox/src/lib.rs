@@ -233,19 +233,12 @@ impl Sandbox {
     /// Code, stdin and input files within the policy's sizes and names.
     fn check_sizes(&self, code: &str, stdin: &[u8], files: &[InputFile]) -> Result<(), SandboxError> {
         let policy = &self.inner.policy;
-        if code.len() > policy.max_code_bytes {
-            return Err(SandboxError::TooLarge(format!(
-                "code is {} bytes; the limit is {}",
-                code.len(),
-                policy.max_code_bytes
-            )));
-        }
-        if stdin.len() > policy.max_stdin_bytes {
-            return Err(SandboxError::TooLarge(format!(
-                "stdin is {} bytes; the limit is {}",
-                stdin.len(),
-                policy.max_stdin_bytes
-            )));
+        for (what, len, limit) in
+            [("code", code.len(), policy.max_code_bytes), ("stdin", stdin.len(), policy.max_stdin_bytes)]
+        {
+            if len > limit {
+                return Err(SandboxError::TooLarge(format!("{what} is {len} bytes; the limit is {limit}")));
+            }
         }
         policy.check_files(files)
     }

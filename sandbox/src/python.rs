@@ -248,13 +248,7 @@ impl PythonRuntime {
         let stdout = Capture::new(limits.output_bytes).tapped(tap, Channel::Stdout);
         let stderr = Capture::new(limits.output_bytes).tapped(tap, Channel::Stderr);
         let wasi = self.files.wasi(scratch, stdin, &stdout, &stderr)?;
-        let mut store = engine::store(
-            &self.engines.engine,
-            wasi,
-            limits,
-            deadline,
-            Some(scratch.dir().map_err(anyhow::Error::from)?),
-        );
+        let mut store = engine::execution_store(&self.engines.engine, wasi, limits, deadline, scratch)?;
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             let begun = turn(&mut store, &instance, BEGIN).await?;
@@ -298,13 +292,7 @@ impl PythonRuntime {
         let stdout = Capture::new(limits.output_bytes);
         let stderr = Capture::new(limits.output_bytes);
         let wasi = self.files.wasi(&scratch, b"", &stdout, &stderr)?;
-        let mut store = engine::store(
-            &self.engines.engine,
-            wasi,
-            limits,
-            deadline,
-            Some(scratch.dir().map_err(anyhow::Error::from)?),
-        );
+        let mut store = engine::execution_store(&self.engines.engine, wasi, limits, deadline, &scratch)?;
         let started = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             match turn(&mut store, &instance, BEGIN).await? {

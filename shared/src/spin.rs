@@ -178,20 +178,7 @@ pub async fn serve(
     out: ResponseOutparam,
     handler: impl AsyncFnOnce(&Incoming, IncomingRequest) -> Result<Reply, ApiError>,
 ) {
-    let incoming = Incoming::from_head(&req);
-    let mut responder = Responder::new(out, incoming.origin.clone());
-    responder.request_id = incoming.request_id.clone();
-    if incoming.method == Method::Options {
-        responder.send(204, &[], Vec::new()).await;
-        return;
-    }
-    match handler(&incoming, req).await {
-        Ok(reply) => {
-            let headers: Vec<(&str, String)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-            responder.send(reply.status, &headers, reply.body).await
-        }
-        Err(e) => responder.error(&e).await,
-    }
+    serve_streaming(req, out, async |incoming, req, _| handler(incoming, req).await.map(Answered::Reply)).await
 }
 
 /// A component variable; `None` when undefined or empty (optional settings).
