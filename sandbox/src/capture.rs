@@ -52,10 +52,11 @@ impl Capture {
         self
     }
 
-    /// Empties the sink for the next execution of a session, with that execution's cap.
-    pub(crate) fn reset(&self, cap: u64) {
+    /// Empties the sink for the next execution of a session, with that execution's cap and tap.
+    pub(crate) fn reset(&self, cap: u64, tap: Option<&Tap>, channel: Channel) {
         let mut state = self.lock();
         state.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        state.tap = tap.map(|t| (channel, t.clone()));
         state.kept.clear();
         state.written = 0;
     }

@@ -256,6 +256,22 @@ impl Sandbox {
         files: &[InputFile],
         limits: &LimitsRequest,
     ) -> Result<Outcome, SandboxError> {
+        self.run_session_streaming(language, owner, session_id, code, files, limits, None).await
+    }
+
+    /// [`Sandbox::run_session`], also sending the program's output to `tap` as it is written.
+    /// A caller that goes away mid-execution ends the session (see [`Sandbox::run_session`]).
+    #[allow(clippy::too_many_arguments)] // run_session's, plus the tap
+    pub async fn run_session_streaming(
+        &self,
+        language: Language,
+        owner: &str,
+        session_id: Option<&str>,
+        code: &str,
+        files: &[InputFile],
+        limits: &LimitsRequest,
+        tap: Option<&Tap>,
+    ) -> Result<Outcome, SandboxError> {
         let inner = &self.inner;
         if language != Language::Python {
             return Err(SandboxError::Invalid(format!(
@@ -294,7 +310,7 @@ impl Sandbox {
         }
         let _permit = self.slot().await?;
         live.scratch().write_inputs(files)?;
-        let mut outcome = live.run(code, &limits).await;
+        let mut outcome = live.run(code, &limits, tap).await;
         outcome.artifacts = live.scratch().artifacts(&inner.policy);
         live.scratch().clear_out();
         outcome.session_id = Some(id.clone());

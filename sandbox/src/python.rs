@@ -312,22 +312,30 @@ impl PythonRuntime {
 
 impl Live {
     /// One execution in the session: `code` then the flush turn, under `limits`.
-    pub(crate) async fn run(&mut self, code: &str, limits: &Limits) -> Outcome {
+    pub(crate) async fn run(&mut self, code: &str, limits: &Limits, tap: Option<&Tap>) -> Outcome {
         let started = Instant::now();
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        self.stdout.reset(limits.output_bytes);
-        self.stderr.reset(limits.output_bytes);
+        self.stdout.reset(limits.output_bytes, tap, Channel::Stdout);
+        self.stderr.reset(limits.output_bytes, tap, Channel::Stderr);
         engine::rearm(&mut self.store, limits, deadline);
         self.in_turn = true;
         let (store, instance) = (&mut self.store, &self.instance);
         let call = async {
+            // Line-buffered once streamed; a later unstreamed execution flushes at its end anyway.
+            if tap.is_some() {
+                turn(store, instance, LINE_BUFFERED).await?;
+            }
             let code_result = turn(store, instance, code).await?;
             turn(store, instance, END).await?;
             Ok(code_result)
         };
         let result = engine::within_deadline(deadline, call).await;
         self.in_turn = false;
-        engine::finish(&self.store, result, limits, &self.stdout, &self.stderr, started)
+        let outcome = engine::finish(&self.store, result, limits, &self.stdout, &self.stderr, started);
+        // Nothing of this execution's stream is held while the session idles.
+        self.stdout.reset(0, None, Channel::Stdout);
+        self.stderr.reset(0, None, Channel::Stderr);
+        outcome
     }
 
     /// Whether an execution was cut off mid-way (see `in_turn`).

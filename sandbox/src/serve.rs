@@ -267,13 +267,11 @@ async fn execute(
     };
     let stdin = request.stdin.unwrap_or_default();
     if request.stream {
-        if request.session.is_some() {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidRequest,
-                "a session's executions are not streamed yet",
-            ));
+        if request.session.is_some() && !stdin.is_empty() {
+            return Err(ApiError::bad_request(ErrorCode::InvalidRequest, "stdin is not available in a session"));
         }
-        return Ok(stream(sandbox, request.language, request.code, stdin, request.files, limits));
+        let run = Run { language: request.language, code: request.code, stdin, files: request.files, limits };
+        return Ok(stream(sandbox, run, request.session));
     }
     let started = Instant::now();
     let outcome = match &request.session {
@@ -313,18 +311,24 @@ async fn execute(
 /// A streamed execution: `200 application/x-ndjson` at once, then one [`StreamEvent`] per line
 /// as the program writes, the outcome (or the refusal) last. The execution runs in a task of
 /// its own; a client that goes away drops the stream's receiver and the execution with it.
-fn stream(
-    sandbox: Sandbox,
-    language: wire::Language,
-    code: String,
-    stdin: String,
-    files: Vec<wire::InputFile>,
-    limits: LimitsRequest,
-) -> Response<Body> {
+fn stream(sandbox: Sandbox, run: Run, session: Option<wire::SessionRequest>) -> Response<Body> {
     let (lines, receiver) = tokio::sync::mpsc::channel::<Bytes>(STREAM_BUFFER);
     tokio::spawn(async move {
         let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
-        let run = sandbox.run_streaming(language, &code, stdin.as_bytes(), &files, &limits, Some(&tap));
+        let Run { language, code, stdin, files, limits } = &run;
+        type Running<'a> = std::pin::Pin<Box<dyn Future<Output = Result<wire::Outcome, SandboxError>> + Send + 'a>>;
+        let run: Running<'_> = match &session {
+            Some(s) => Box::pin(sandbox.run_session_streaming(
+                *language,
+                &s.owner,
+                s.id.as_deref(),
+                code,
+                files,
+                limits,
+                Some(&tap),
+            )),
+            None => Box::pin(sandbox.run_streaming(*language, code, stdin.as_bytes(), files, limits, Some(&tap))),
+        };
         tokio::pin!(run);
         let mut pending = Utf8Carry::default();
         let result = loop {
@@ -364,6 +368,15 @@ fn stream(
     let mut response = Response::new(body.boxed_unsync());
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
     response
+}
+
+/// What a streamed execution runs.
+struct Run {
+    language: wire::Language,
+    code: String,
+    stdin: String,
+    files: Vec<wire::InputFile>,
+    limits: LimitsRequest,
 }
 
 fn line(event: &wire::StreamEvent) -> Bytes {

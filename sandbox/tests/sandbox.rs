@@ -604,3 +604,23 @@ async fn past_the_memory_budget_the_least_recently_used_session_ends() {
     assert_eq!(kept.expect("the recent one lives").stdout, "2\n");
     assert_eq!(sandbox.sessions(), 1);
 }
+
+#[tokio::test]
+async fn a_session_streams_too_and_keeps_its_state() {
+    let sandbox = sandbox();
+    let limits = session_limits();
+    let first = sandbox.run_session(Language::Python, "frank", None, "n = 20", &[], &limits).await.expect("starts");
+    let id = first.session_id.expect("an id");
+    let (tap, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+    let out = sandbox
+        .run_session_streaming(Language::Python, "frank", Some(&id), "print(n * 2)\nn += 1", &[], &limits, Some(&tap))
+        .await
+        .expect("runs");
+    assert_eq!((out.status, out.stdout.as_str()), (Status::Ok, "40\n"));
+    assert_eq!(chunks.try_recv().expect("streamed"), (Channel::Stdout, b"40\n".to_vec()));
+    // Unstreamed again: nothing more on the old tap, and the state moved on.
+    let next = sandbox.run_session(Language::Python, "frank", Some(&id), "print(n)", &[], &limits).await.expect("runs");
+    assert_eq!(next.stdout, "21\n");
+    assert!(chunks.try_recv().is_err());
+    sandbox.end_session("frank", &id);
+}

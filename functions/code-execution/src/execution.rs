@@ -194,10 +194,6 @@ fn validate(request: &CodeExecutionRequest, limits: &Limits) -> Result<(), ApiEr
     if request.session_id.as_deref().is_some_and(|id| !wire::is_session_id(id)) {
         return Err(ApiError::not_found("session"));
     }
-    if in_session && request.stream {
-        return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "a session's executions are not streamed yet")
-            .with_detail("field", "stream"));
-    }
     if in_session && request.language != Language::Python {
         return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "sessions are Python only for now")
             .with_detail("field", "session"));
@@ -302,7 +298,6 @@ mod tests {
             (br#"{"language":"python","code":"x","session":true,"stdin":"a"}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","session":true,"session_id":"abcdefgh-abcdefghijklmnopqrstuvwx"}"#, 400, "validation_failed"),
             (br#"{"language":"python","code":"x","session_id":"../etc"}"#, 404, "not_found"),
-            (br#"{"language":"python","code":"x","session":true,"stream":true}"#, 400, "validation_failed"),
             (br#"{"language":"javascript","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11"]}"#, 400, "validation_failed"),
             (
                 br#"{"language":"python","code":"x","file_ids":["6f1c1e0e-8c3a-4d7e-9a57-0d6b5c0f3a11","6F1C1E0E-8C3A-4D7E-9A57-0D6B5C0F3A11"]}"#,

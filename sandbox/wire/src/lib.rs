@@ -166,7 +166,7 @@ pub struct ExecuteRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRequest>,
     /// Answer as a stream of [`StreamEvent`]s, one JSON object per line, output as it is
-    /// written and the outcome last (not with a session).
+    /// written and the outcome last.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
 }

@@ -247,8 +247,25 @@ async fn a_streamed_execution_sends_output_before_it_ends() -> anyhow::Result<()
     let status: String =
         s.db.admin().await?.query_one("select status from code_executions where id = $1", &[&id]).await?.get(0);
     assert_eq!(status, "ok");
+    // In a session too: the state is there and the stream says which session.
+    let started = run(&s.host, &user, json!({"language": "python", "session": true, "code": "n = 41"})).await?;
+    let session = started.json()["session_id"].clone();
+    let streamed = s
+        .host
+        .json(
+            "POST",
+            CODE,
+            &user.token,
+            json!({"language": "python", "stream": true, "session_id": session, "code": "print(n + 1)"}),
+        )
+        .await?;
+    let got = events(&String::from_utf8_lossy(&streamed.body));
+    assert_eq!(got[0], ("stdout".to_owned(), json!({"data": "42\n"})), "{got:?}");
+    let last = &got[got.len() - 1];
+    assert_eq!((last.0.as_str(), &last.1["session_id"]), ("outcome", &session));
     // Refusals before anything runs are plain JSON errors.
-    let bad = run(&s.host, &user, json!({"language": "python", "stream": true, "session": true, "code": "1"})).await?;
+    let bad =
+        run(&s.host, &user, json!({"language": "javascript", "stream": true, "session": true, "code": "1"})).await?;
     assert_eq!((bad.status, bad.error_code()), (400, "validation_failed".to_owned()));
     Ok(())
 }
