@@ -215,12 +215,20 @@ async fn one_users_documents_and_messages_never_reach_another() -> anyhow::Resul
         .await?;
     assert_eq!(r.status, 200);
     let conversation = r.json()["chatedge"]["conversation_id"].as_str().unwrap_or_default().to_owned();
-    let embedded: i64 = db
-        .admin()
-        .await?
-        .query_one("select count(*) from messages where user_id = $1 and embedding is not null", &[&bob.id])
-        .await?
-        .get(0);
+    // The exchange is embedded after the client has its answer (by design): wait for it, up to
+    // a bound far past any machine's pace, rather than racing it.
+    let admin = db.admin().await?;
+    let mut embedded: i64 = 0;
+    for _ in 0..600 {
+        embedded = admin
+            .query_one("select count(*) from messages where user_id = $1 and embedding is not null", &[&bob.id])
+            .await?
+            .get(0);
+        if embedded == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(embedded, 2, "the question and the answer");
     let found = search(host, &bob, "q=submarine%20password&scope=messages").await?;
     assert_eq!((found["data"][0]["kind"].as_str(), found["data"][0]["role"].as_str()), (Some("message"), Some("user")));
