@@ -2,9 +2,11 @@
 //! variables, Postgres and outbound HTTP capabilities, plus migrations. The dev stack of
 //! `chatedge up` is the `chatedge-devstack` crate, which only the binary uses.
 
+pub mod admin;
 pub mod capabilities;
 pub mod maintenance;
 pub mod manifest;
+pub mod metrics;
 pub mod migrate;
 pub mod pgtls;
 pub mod router;

@@ -39,6 +39,10 @@ enum Command {
         /// beside the manifest), as Spin's `--state-dir`.
         #[arg(long, env = "CHATEDGE_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Where the admin listener serves Prometheus metrics at /metrics (port 0 picks a free
+        /// one; `off` for none). Loopback by default: it is for the operator, not the public.
+        #[arg(long, env = "CHATEDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+        admin_listen: String,
     },
     /// Apply migrations/ to a database, in order, once each.
     Migrate {
@@ -71,8 +75,12 @@ fn init_tracing() {
 async fn main() -> Result<()> {
     init_tracing();
     match Cli::parse().command {
-        Command::Up { listen, manifest, runtime_config_file, state_dir } => {
-            up(listen, &manifest, runtime_config_file.as_deref(), state_dir).await
+        Command::Up { listen, manifest, runtime_config_file, state_dir, admin_listen } => {
+            let admin = match admin_listen.trim() {
+                "off" | "" => None,
+                a => Some(a.parse::<SocketAddr>().with_context(|| format!("--admin-listen {a}"))?),
+            };
+            up(listen, &manifest, runtime_config_file.as_deref(), state_dir, admin).await
         }
         Command::Migrate { db_url, dir } => {
             let applied = migrate::migrate(&db_url, &dir).await?;
@@ -249,6 +257,7 @@ async fn up(
     manifest_path: &Path,
     runtime_config_file: Option<&Path>,
     state_dir: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
 ) -> Result<()> {
     let manifest = LoadedManifest::load(manifest_path)?;
     let state_dir = state_dir.unwrap_or_else(|| manifest.dir.join(".chatedge"));
@@ -276,12 +285,25 @@ async fn up(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // The admin listener is the operator's: when its port is taken the app still serves.
+    let admin =
+        admin_listen.and_then(|addr| match chatedge::admin::start(addr, app.clone(), app_vars.get("sandbox_url")) {
+            Ok(a) => {
+                println!("Admin listener: http://{}/metrics", a.local_addr);
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!("no admin listener: {e:#}");
+                None
+            }
+        });
     let running = server::start(listen, app.clone(), threads).with_context(|| format!("serving on {listen}"))?;
     let base_url = format!("http://{}", running.local_addr);
     banner(&app, &manifest, &base_url, &dev)?;
     server::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests (up to {}s)", drain.as_secs());
     tokio::task::spawn_blocking(move || running.shutdown()).await??;
+    drop(admin);
     drop(maintenance);
     drop(dev);
     Ok(())

@@ -270,6 +270,7 @@ impl Runtime {
         if components.is_empty() {
             bail!("the manifest has no components");
         }
+        crate::metrics::metrics().instance_slots.set(i64::from(options.max_instances));
         let pg = Arc::new(PgPools::new(options.pg_pool_size));
         let redis_clients = Arc::default();
         Ok(Runtime { engine, components, pg, kv, sqlite, redis_clients, options })
@@ -290,7 +291,8 @@ impl Runtime {
     /// A fresh store for one request to `component`.
     pub fn new_store(&self, component: &Arc<ComponentRuntime>) -> Store<RequestState> {
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout().inherit_stderr();
+        // stderr through the metric-line splitter (`capabilities::stdio`).
+        wasi.inherit_stdout().stderr(crate::capabilities::stdio::GuestStderr);
         for (k, v) in &component.environment {
             wasi.env(k, v);
         }
@@ -334,6 +336,11 @@ impl Runtime {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
         store
+    }
+
+    /// The Postgres pools' connections: in use, idle, and their combined capacity.
+    pub fn postgres_status(&self) -> (usize, usize, usize) {
+        self.pg.status()
     }
 
     /// The pre-instantiated component.

@@ -174,8 +174,9 @@ async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let (component_id, mut response) = match app.router.route(&path) {
+    let (component_id, route, mut response) = match app.router.route(&path) {
         None => (
+            "-".to_owned(),
             "-".to_owned(),
             json_error(
                 StatusCode::NOT_FOUND,
@@ -188,7 +189,7 @@ async fn handle(
         Some(_) if declared_length.is_some_and(|n| n > app.limits.max_body_bytes) => {
             let error =
                 shared::ApiError::payload_too_large(app.limits.max_body_bytes as usize).with_detail("request_id", &id);
-            ("-".to_owned(), error_response(&error, origin.as_deref()))
+            ("-".to_owned(), "-".to_owned(), error_response(&error, origin.as_deref()))
         }
         Some(m) => {
             let host = req
@@ -228,6 +229,7 @@ async fn handle(
                 }
             }
             let component_id = m.component.to_owned();
+            let route = m.raw.to_owned();
             let response = match app.runtime.components.get(&component_id) {
                 Some(component) => invoke(&app, component.clone(), req, origin.as_deref(), &id).await,
                 None => json_error(
@@ -238,7 +240,7 @@ async fn handle(
                     &id,
                 ),
             };
-            (component_id, response)
+            (component_id, route, response)
         }
     };
     // The id goes to the guest (and into its error envelopes and log lines) and into this log
@@ -254,7 +256,61 @@ async fn handle(
         response.status().as_u16(),
         start.elapsed().as_secs_f64() * 1000.0
     );
-    response
+    crate::metrics::metrics().request(&component_id, &route, &method, response.status().as_u16());
+    response.map(move |body| {
+        MeasuredBody {
+            inner: body,
+            on_end: Some(Box::new(move || {
+                crate::metrics::metrics().request_ended(&component_id, &route, start.elapsed())
+            })),
+        }
+        .boxed_unsync()
+    })
+}
+
+/// A response body that reports when it ends: at its last frame, or when it is dropped early (the
+/// client left, the instance was stopped), whichever comes first.
+struct MeasuredBody {
+    inner: HyperOutgoingBody,
+    on_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl MeasuredBody {
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+    }
+}
+
+impl hyper::body::Body for MeasuredBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
+            self.end();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeasuredBody {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 /// A host-made error response in the envelope, with the error's own headers and CORS.
@@ -316,6 +372,15 @@ async fn invoke(
     // The instance lives for the request, and never past `max_request`: then it is dropped,
     // whatever it was doing, and its response (or the rest of its body) ends.
     let task = tokio::task::spawn(async move {
+        // Counted while the instance lives, whatever ends it.
+        struct InUse(String);
+        impl Drop for InUse {
+            fn drop(&mut self) {
+                crate::metrics::metrics().instance(&self.0, -1);
+            }
+        }
+        crate::metrics::metrics().instance(&component.id, 1);
+        let _in_use = InUse(component.id.clone());
         let run = async {
             let proxy = Runtime::pre(&component).instantiate_async(&mut store).await?;
             proxy.wasi_http_incoming_handler().call_handle(&mut store, wasi_req, out).await

@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 #[cfg(target_arch = "wasm32")]
 pub mod limiter;
+pub mod metrics;
 #[cfg(target_arch = "wasm32")]
 pub mod outbound;
 pub mod pagination;

@@ -35,8 +35,14 @@ pub fn policy_limit(name: &str) -> Result<Limit, ApiError> {
 pub fn enforce(name: &str, subject: &Subject, cost: u64) -> Result<Option<Verdict>, ApiError> {
     let limit = policy_limit(name)?;
     match check(name, limit, &format!("{name}:{}", subject.0), cost) {
-        Ok(v) if v.allowed => Ok(Some(v)),
-        Ok(v) => Err(v.rejection()),
+        Ok(v) => {
+            crate::metrics::emit(&crate::metrics::Event::RateLimit { policy: name.to_owned(), admitted: v.allowed });
+            if v.allowed {
+                Ok(Some(v))
+            } else {
+                Err(v.rejection())
+            }
+        }
         Err(reason) => {
             eprintln!("rate limiter unavailable ({name}): {reason}");
             let open = variable("ratelimit_fail_open").unwrap_or_else(|| "api".to_owned());

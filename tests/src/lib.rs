@@ -177,6 +177,8 @@ impl TestApp {
                 std::env::var("CHATEDGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp/chatedge/cache".into()),
             )
             .env_remove("CHATEDGE_LISTEN")
+            // Many hosts run at once: each its own admin port.
+            .env("CHATEDGE_ADMIN_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -275,6 +277,7 @@ impl TestApp {
                         std::env::var("CHATEDGE_CACHE_DIR").unwrap_or_else(|_| "/var/tmp/chatedge/cache".into()),
                     );
                     c.env_remove("CHATEDGE_LISTEN");
+                    c.env("CHATEDGE_ADMIN_LISTEN", "127.0.0.1:0");
                     c
                 }
                 Runtime::Spin => {
@@ -314,6 +317,11 @@ impl TestApp {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("spin up did not start")))
+    }
+
+    /// The bundled host's admin listener (`Admin listener: http://ADDR/metrics` in its log).
+    pub fn metrics_url(&self) -> Option<String> {
+        self.log().lines().find_map(|l| l.strip_prefix("Admin listener: ").map(|u| u.trim().to_owned()))
     }
 
     /// Starts `cmd` and waits for its "Serving http://..." line (both runtimes print it).

@@ -523,6 +523,10 @@ fn record(
     outcome: &Outcome,
     images: &[StoredImage],
 ) -> Result<(String, Vec<Value>), ApiError> {
+    shared::metrics::emit(&shared::metrics::Event::SandboxExecution {
+        language: request.language.as_str().to_owned(),
+        status: outcome.status.as_str().to_owned(),
+    });
     let mut tx = RlsTransaction::begin(principal)?;
     if let Some(c) = &request.conversation_id {
         // A foreign key does not see RLS: check the conversation is the caller's.

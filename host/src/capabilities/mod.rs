@@ -8,4 +8,5 @@ pub mod outbound;
 pub mod postgres;
 pub mod redis_outbound;
 pub mod sqlite;
+pub mod stdio;
 pub mod variables;

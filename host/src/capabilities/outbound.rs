@@ -190,14 +190,27 @@ impl WasiHttpHooks for OutboundHttp {
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri.host().unwrap_or_default().to_owned();
         let port = uri.port_u16().or_else(|| default_port(&scheme)).unwrap_or(0);
+        let origin = format!("{scheme}://{host}:{port}");
+        let metrics = crate::metrics::metrics();
         if !self.policy.outbound.check(&scheme, &host, port) {
+            metrics.outbound(&origin, "denied", None);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
         Box::new(async move {
             use http_body_util::BodyExt;
+            let started = std::time::Instant::now();
             // Kept-alive connections per origin (`http_pool`); their I/O runs in their own task.
-            let res = super::http_pool::send(request, options).await?;
+            let res = match super::http_pool::send(request, options).await {
+                Ok(r) => {
+                    metrics.outbound(&origin, r.status().as_str(), Some(started.elapsed()));
+                    r
+                }
+                Err(e) => {
+                    metrics.outbound(&origin, "error", Some(started.elapsed()));
+                    return Err(e);
+                }
+            };
             let io = async { Ok(()) };
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
         })

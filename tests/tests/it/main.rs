@@ -14,6 +14,7 @@ mod host;
 mod interpreter;
 mod manifest;
 mod messages;
+mod metrics;
 mod openai_sdk;
 mod pg_types;
 mod ratelimit;

@@ -120,6 +120,20 @@ impl Call {
                 status: outcome.status.to_owned(),
             });
         }
+        let answered = self.attempts.len() > failed_attempts;
+        for (i, a) in self.attempts.iter().enumerate() {
+            let answering = answered && i + 1 == self.attempts.len();
+            shared::metrics::emit(&shared::metrics::Event::ProviderCall {
+                provider: a.provider.to_owned(),
+                model: a.model.clone(),
+                status: a.status.clone(),
+                ttft_ms: outcome.ttft_ms.filter(|_| answering).map(|t| t as f64),
+                total_ms: a.latency_ms as f64,
+                input_tokens: a.usage.prompt_tokens,
+                output_tokens: a.usage.completion_tokens,
+                cost_usd: a.cost_usd,
+            });
+        }
         let mut metadata = json!({});
         if let Some(e) = &outcome.error {
             metadata["error"] = json!(e);

@@ -28,6 +28,15 @@ impl PgPools {
         PgPools { pools: Mutex::new(HashMap::new()), max_size }
     }
 
+    /// Connections in use, idle, and the capacity, over every pool (for the metrics).
+    pub fn status(&self) -> (usize, usize, usize) {
+        let Ok(pools) = self.pools.lock() else { return (0, 0, 0) };
+        pools
+            .values()
+            .map(Pool::status)
+            .fold((0, 0, 0), |(u, i, m), s| (u + s.size.saturating_sub(s.available), i + s.available, m + s.max_size))
+    }
+
     pub(super) fn pool(&self, address: &str) -> Result<Pool, v4::Error> {
         let mut pools = self.pools.lock().map_err(|_| v4::Error::Other("pool registry poisoned".into()))?;
         let key = (std::thread::current().id(), address.to_owned());
