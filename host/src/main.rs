@@ -236,6 +236,10 @@ fn banner(app: &App, manifest: &LoadedManifest, base_url: &str, dev: &DevStack) 
         writeln!(out, "  service_role key:  {service}")?;
         writeln!(out, "  demo user:         {} ({})", devstack::DEMO_EMAIL, secrets.demo_user_id)?;
         writeln!(out, "  demo access token: {token}")?;
+        if app.route_lines(base_url).iter().any(|l| l.contains("playground")) {
+            // The token rides in the fragment, which the browser never sends to a server.
+            writeln!(out, "  playground:        {base_url}/#token={token}")?;
+        }
         let env_file = dev.state_dir.join("dev.env");
         let contents = format!(
             "CHATEDGE_URL={base_url}\nCHATEDGE_ANON_KEY={anon}\nCHATEDGE_SERVICE_ROLE_KEY={service}\nCHATEDGE_TOKEN={token}\n{}",

@@ -23,6 +23,13 @@ macro_rules! error_codes {
                     $(ErrorCode::$variant => $name,)*
                 }
             }
+
+            /// What the code means and its HTTP status, for the OpenAPI document.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $doc,)*
+                }
+            }
         }
     };
 }

@@ -63,10 +63,11 @@ pub fn page(rows_json: &str, limit: u32) -> Result<String, ApiError> {
         .map_err(|e| bad(&e.to_string()))
 }
 
-/// Parses `limit` from a query string value: default when absent, 400 when out of range.
+/// Parses `limit` from a query string value: default when absent, 400 when out of range or
+/// empty (`limit=` is not a number; the OpenAPI document says integer).
 pub fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
     match raw {
-        None | Some("") => Ok(DEFAULT_LIMIT),
+        None => Ok(DEFAULT_LIMIT),
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_request(
@@ -163,6 +164,7 @@ mod tests {
         assert!(parse_limit(Some("0")).is_err());
         assert!(parse_limit(Some("101")).is_err());
         assert!(parse_limit(Some("x")).is_err());
+        assert!(parse_limit(Some("")).is_err());
     }
 
     #[test]

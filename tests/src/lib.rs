@@ -40,6 +40,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A fresh directory for what a test keeps for people to look at (reports, screenshots), under
+/// the build's target directory so CI keeps it with the other artifacts:
+/// `$CARGO_TARGET_DIR/test-artifacts/<name>`.
+pub fn artifacts_dir(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let dir = target.join("test-artifacts").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 /// The `chatedge` binary: `CHATEDGE_BIN`, else beside the test executable's `deps/` directory.
 pub fn chatedge_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CHATEDGE_BIN") {

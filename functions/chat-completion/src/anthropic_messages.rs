@@ -64,6 +64,10 @@ pub fn parse(body: &[u8], max_body: usize) -> Result<ChatRequest, ApiError> {
     if chat.max_tokens.is_none() {
         return Err(invalid("max_tokens", "max_tokens: field required"));
     }
+    // Anthropic's range, narrower than OpenAI's 0-2 the shared parser allows.
+    if chat.temperature.is_some_and(|t| t > 1.0) {
+        return Err(invalid("temperature", "temperature: Input should be less than or equal to 1"));
+    }
     chat.persist = chat.conversation_id.is_some();
     chat.system_prompt = match get("system") {
         None => None,
@@ -510,6 +514,11 @@ mod tests {
             (json!({"max_tokens": 1, "messages": user}), "validation_failed", "model"),
             (json!({"model": "m", "messages": user}), "validation_failed", "max_tokens"),
             (json!({"model": "m", "max_tokens": 1}), "validation_failed", "messages"),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": user, "temperature": 1.5}),
+                "validation_failed",
+                "temperature",
+            ),
             (json!({"model": "m", "max_tokens": 1, "messages": []}), "validation_failed", "messages"),
             (
                 json!({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}),

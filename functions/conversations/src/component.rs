@@ -71,7 +71,7 @@ fn text(v: Option<String>) -> ParameterValue {
 fn list_conversations(tx: &mut RlsTransaction, incoming: &Incoming) -> Result<Reply, ApiError> {
     let limit = parse_limit(incoming.query_param("limit").as_deref())?;
     let archived = match incoming.query_param("archived").as_deref() {
-        None | Some("") | Some("false") => "false",
+        None | Some("false") => "false",
         Some("true") => "true",
         Some("all") => "all",
         Some(_) => {
@@ -166,7 +166,7 @@ fn list_messages(tx: &mut RlsTransaction, id: &str, incoming: &Incoming) -> Resu
     let id = conversation_id(id)?;
     let limit = parse_limit(incoming.query_param("limit").as_deref())?;
     let descending = match incoming.query_param("order").as_deref() {
-        None | Some("") | Some("asc") => false,
+        None | Some("asc") => false,
         Some("desc") => true,
         Some(_) => {
             return Err(ApiError::bad_request(ErrorCode::ValidationFailed, "order must be asc or desc")

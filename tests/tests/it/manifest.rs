@@ -18,6 +18,8 @@ fn components() -> Vec<(&'static str, Vec<String>)> {
         ("file-upload", file_upload::variables()),
         ("code-execution", code_execution::variables()),
         ("health", Vec::new()),
+        ("api-docs", Vec::new()),
+        ("playground", Vec::new()),
     ]
 }
 
