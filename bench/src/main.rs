@@ -160,7 +160,7 @@ async fn instantiation() -> Result<(Duration, Duration, usize)> {
     let mut handled = Vec::new();
     for _ in 0..2_000 {
         let t = Instant::now();
-        let mut store = runtime.new_store(&component);
+        let mut store = runtime.new_store(&component, None);
         let req = http::Request::get("http://localhost/functions/v1/health").body(Empty::<Bytes>::new())?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let wasi_req = {
@@ -196,7 +196,7 @@ async fn instantiation() -> Result<(Duration, Duration, usize)> {
     let mut samples = Vec::new();
     for _ in 0..5_000 {
         let t = Instant::now();
-        let mut store = runtime.new_store(&component);
+        let mut store = runtime.new_store(&component, None);
         Runtime::pre(&component).instantiate_async(&mut store).await.map_err(anyhow::Error::from)?;
         samples.push(t.elapsed());
     }

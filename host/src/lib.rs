@@ -13,6 +13,7 @@ pub mod router;
 pub mod runtime;
 pub mod runtime_config;
 pub mod server;
+pub mod telemetry;
 
 /// Host bindings of the Spin interfaces (WIT in `host/wit`).
 pub mod bindings {

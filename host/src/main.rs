@@ -301,12 +301,18 @@ async fn up(
                 None
             }
         });
+    // Traces, when OTEL_EXPORTER_OTLP_ENDPOINT asks for them (as Spin reads it).
+    let traces = chatedge::telemetry::init().context("starting the OTLP trace exporter")?;
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
     let running = server::start(listen, app.clone(), threads).with_context(|| format!("serving on {listen}"))?;
     let base_url = format!("http://{}", running.local_addr);
     banner(&app, &manifest, &base_url, &dev)?;
     server::shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests (up to {}s)", drain.as_secs());
     tokio::task::spawn_blocking(move || running.shutdown()).await??;
+    tokio::task::spawn_blocking(move || chatedge::telemetry::shutdown(traces)).await?;
     drop(admin);
     drop(maintenance);
     drop(dev);

@@ -71,6 +71,8 @@ pub struct RequestState {
     pub sqlite: Arc<crate::capabilities::sqlite::SqliteDatabases>,
     /// Outbound Redis connections shared by all requests.
     pub redis_clients: Arc<crate::capabilities::redis_outbound::RedisClients>,
+    /// The request's trace context, parent of the database spans (`None`: tracing is off).
+    pub trace: Option<opentelemetry::Context>,
 }
 
 impl WasiView for RequestState {
@@ -289,7 +291,11 @@ impl Runtime {
     }
 
     /// A fresh store for one request to `component`.
-    pub fn new_store(&self, component: &Arc<ComponentRuntime>) -> Store<RequestState> {
+    pub fn new_store(
+        &self,
+        component: &Arc<ComponentRuntime>,
+        trace: Option<opentelemetry::Context>,
+    ) -> Store<RequestState> {
         let mut wasi = WasiCtx::builder();
         // stderr through the metric-line splitter (`capabilities::stdio`).
         wasi.inherit_stdout().stderr(crate::capabilities::stdio::GuestStderr);
@@ -325,12 +331,13 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(self.options.max_memory_bytes).instances(50).build(),
-            hooks: OutboundHttp { policy: component.clone() },
+            hooks: OutboundHttp { policy: component.clone(), trace: trace.clone() },
             component: component.clone(),
             pg: self.pg.clone(),
             kv: self.kv.clone(),
             sqlite: self.sqlite.clone(),
             redis_clients: self.redis_clients.clone(),
+            trace,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -169,6 +169,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let id = request_id(&req);
+    let span = crate::telemetry::RequestSpan::start(&method, &path, req.headers(), &id);
     let declared_length = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -231,7 +232,7 @@ async fn handle(
             let component_id = m.component.to_owned();
             let route = m.raw.to_owned();
             let response = match app.runtime.components.get(&component_id) {
-                Some(component) => invoke(&app, component.clone(), req, origin.as_deref(), &id).await,
+                Some(component) => invoke(&app, component.clone(), req, origin.as_deref(), &id, span.context()).await,
                 None => json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorCode::InternalError,
@@ -257,11 +258,14 @@ async fn handle(
         start.elapsed().as_secs_f64() * 1000.0
     );
     crate::metrics::metrics().request(&component_id, &route, &method, response.status().as_u16());
+    span.routed(&method, &component_id, &route, response.status().as_u16());
     response.map(move |body| {
         MeasuredBody {
             inner: body,
             on_end: Some(Box::new(move || {
-                crate::metrics::metrics().request_ended(&component_id, &route, start.elapsed())
+                crate::metrics::metrics().request_ended(&component_id, &route, start.elapsed());
+                // The request's span ends with its body (a stream's last byte).
+                drop(span);
             })),
         }
         .boxed_unsync()
@@ -333,8 +337,9 @@ async fn invoke(
     req: Request<Incoming>,
     origin: Option<&str>,
     request_id: &str,
+    trace: Option<opentelemetry::Context>,
 ) -> Response<HyperOutgoingBody> {
-    let mut store = app.runtime.new_store(&component);
+    let mut store = app.runtime.new_store(&component, trace);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     // The body the guest reads: capped, and failing if the client goes silent mid-body.
     let limits = &app.limits;

@@ -391,5 +391,17 @@ pub async fn all(host: &TestApp, db: &TestDb, fake: &FakeProvider) -> Result<()>
     documents(host, db, fake).await.context("documents")?;
     let health = host.send("GET", "/functions/v1/health", None, None, &[]).await?;
     ensure!(health.status == 200 && health.json() == json!({"status": "ok"}), "health");
+    // The contract and the playground are components like the others: the same on every runtime.
+    let doc = host.send("GET", "/functions/v1/openapi.json", None, None, &[]).await?;
+    ensure!(doc.status == 200 && doc.json() == api_docs::document(), "openapi.json: {}", doc.status);
+    let page = host.send("GET", "/", None, None, &[]).await?;
+    ensure!(
+        page.status == 200 && String::from_utf8_lossy(&page.body).contains("/playground/app.js"),
+        "playground page: {}",
+        page.status
+    );
+    let script = host.send("GET", "/playground/app.js", None, None, &[]).await?;
+    ensure!(script.header("content-type") == Some("text/javascript; charset=utf-8"), "playground script");
+    ensure!(host.send("GET", "/playground/nope", None, None, &[]).await?.status == 404, "playground 404");
     Ok(())
 }

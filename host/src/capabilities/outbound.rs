@@ -165,6 +165,8 @@ impl OutboundPolicy {
 pub struct OutboundHttp {
     /// The component's policy.
     pub policy: Arc<crate::runtime::ComponentRuntime>,
+    /// The request's trace context: each call gets a client span under it (`telemetry`).
+    pub trace: Option<opentelemetry::Context>,
 }
 
 type SendFuture = Box<
@@ -197,6 +199,21 @@ impl WasiHttpHooks for OutboundHttp {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
+        // A client span until the response head (the query string stays out: it may hold keys).
+        let mut request = request;
+        let mut span = crate::telemetry::ChildSpan::start(
+            self.trace.as_ref(),
+            request.method().as_str().to_owned(),
+            vec![
+                opentelemetry::KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+                opentelemetry::KeyValue::new("server.address", host.clone()),
+                opentelemetry::KeyValue::new("server.port", i64::from(port)),
+                opentelemetry::KeyValue::new("url.full", format!("{origin}{}", request.uri().path())),
+            ],
+        );
+        if let Some(span) = &span {
+            span.inject(request.headers_mut());
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let started = std::time::Instant::now();
@@ -204,13 +221,23 @@ impl WasiHttpHooks for OutboundHttp {
             let res = match super::http_pool::send(request, options).await {
                 Ok(r) => {
                     metrics.outbound(&origin, r.status().as_str(), Some(started.elapsed()));
+                    if let Some(span) = span.as_mut() {
+                        span.set(opentelemetry::KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(r.status().as_u16()),
+                        ));
+                    }
                     r
                 }
                 Err(e) => {
                     metrics.outbound(&origin, "error", Some(started.elapsed()));
+                    if let Some(span) = span.as_mut() {
+                        span.fail(e.to_string());
+                    }
                     return Err(e);
                 }
             };
+            drop(span);
             let io = async { Ok(()) };
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
         })

@@ -22,4 +22,5 @@ mod playground;
 mod ratelimit;
 mod responses;
 mod spin;
+mod traces;
 mod uploads;

@@ -112,8 +112,21 @@ impl RequestState {
         params: Vec<v4::ParameterValue>,
         want_rows: bool,
     ) -> wasmtime::Result<Result<(v4::RowSet, u64), v4::Error>> {
+        let operation = crate::telemetry::sql_operation(&statement);
+        let mut span = crate::telemetry::ChildSpan::start(
+            self.trace.as_ref(),
+            format!("{operation} postgresql"),
+            vec![
+                opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+                opentelemetry::KeyValue::new("db.operation.name", operation),
+            ],
+        );
         let conn = self.table.get_mut(conn)?;
-        Ok(run(conn, &statement, params, want_rows).await)
+        let result = run(conn, &statement, params, want_rows).await;
+        if let (Some(span), Err(e)) = (span.as_mut(), &result) {
+            span.fail(format!("{e:?}"));
+        }
+        Ok(result)
     }
 }
 
