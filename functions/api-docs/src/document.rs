@@ -369,10 +369,11 @@ const MESSAGE_EVENTS: &[&str] = &[
 
 /// Statuses of a signed-in JSON read: bad query, no token, limits, dependencies.
 const READ: &[u16] = &[400, 401, 429, 500, 503];
-/// Statuses of a signed-in JSON write: adds the body's 413 and 415.
-const WRITE: &[u16] = &[400, 401, 413, 415, 429, 500, 503];
+/// Statuses of a signed-in JSON write: adds the body's 413 (JSON routes read the body as JSON
+/// whatever its declared type, so no 415).
+const WRITE: &[u16] = &[400, 401, 413, 429, 500, 503];
 /// Statuses of a call that reaches a model provider.
-const PROVIDER: &[u16] = &[400, 401, 404, 413, 415, 429, 500, 502, 503, 504];
+const PROVIDER: &[u16] = &[400, 401, 404, 413, 429, 500, 502, 503, 504];
 
 fn health() -> Value {
     json!({"get": with(
@@ -388,18 +389,22 @@ fn openapi_json() -> Value {
         "security", json!([]))})
 }
 
+/// Create takes the conversation's settings; an update renames or (un)archives it.
 fn conversation_fields(create: bool) -> Value {
-    let mut properties = json!({
-        "title": {"type": "string", "minLength": 1, "maxLength": 200},
-        "provider": {"type": ["string", "null"], "maxLength": 64},
-        "model": {"type": ["string", "null"], "maxLength": 128},
-        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
-        "system_prompt": {"type": ["string", "null"], "maxLength": 32000}
-    });
-    if !create {
-        properties["archived"] = json!({"type": "boolean"});
-    }
+    // null: the default title on create, unchanged on update.
+    let title = json!({"type": ["string", "null"], "minLength": 1, "maxLength": 200});
+    let properties = if create {
+        json!({
+            "title": title,
+            "provider": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:/@-]{1,64}$"},
+            "model": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9._:/@-]{1,128}$"},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
+            "system_prompt": {"type": ["string", "null"], "maxLength": 32000}
+        })
+    } else {
+        json!({"title": title, "archived": {"type": ["boolean", "null"]}})
+    };
     json!({"type": "object", "additionalProperties": false, "properties": properties})
 }
 
@@ -426,7 +431,7 @@ fn conversation() -> Value {
         "parameters": params,
         "get": op("conversations", "One conversation", &[(200, ok("the conversation", json_content(schema_ref("Conversation"))))], &[401, 404, 429, 500, 503]),
         "patch": with(op("conversations", "Rename, re-configure, archive or unarchive",
-            &[(200, ok("the conversation as changed", json_content(schema_ref("Conversation"))))], &[400, 401, 404, 413, 415, 429, 500, 503]),
+            &[(200, ok("the conversation as changed", json_content(schema_ref("Conversation"))))], &[400, 401, 404, 413, 429, 500, 503]),
             "requestBody", json_body(conversation_fields(false))),
         "delete": op("conversations", "Delete it and its messages", &[(204, json!({"description": "deleted"}))], &[401, 404, 429, 500, 503])
     })
@@ -454,6 +459,7 @@ fn native_chat() -> Value {
         "type": "object",
         "additionalProperties": false,
         "description": "`message` (one user turn) or `messages` (the whole turn list); creates a conversation unless `conversation_id` names one.",
+        "not": {"required": ["message", "messages"]},
         "properties": {
             "conversation_id": {"type": ["string", "null"], "format": "uuid"},
             "message": {"type": "string", "minLength": 1, "maxLength": 100000},
@@ -530,19 +536,47 @@ fn response_object() -> Value {
 }
 
 fn responses() -> Value {
+    let message = json!({
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "type": {"const": "message"},
+            "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]}
+        }
+    });
+    let call_output = json!({
+        "type": "object",
+        "required": ["type", "call_id", "output"],
+        "properties": {"type": {"const": "function_call_output"}, "call_id": {"type": "string", "minLength": 1}, "output": {"type": "string"}}
+    });
     let body = json!({
         "type": "object",
-        "required": ["input"],
+        "required": ["model", "input"],
+        "additionalProperties": false,
+        "description": "OpenAI's Responses body. Accepted and echoed, not acted on: text, user, metadata, reasoning, \
+            truncation, include, service_tier, prompt_cache_key, safety_identifier, parallel_tool_calls.",
         "properties": {
-            "model": {"type": "string", "minLength": 1, "maxLength": 128},
-            "input": {"type": ["string", "array"], "description": "Text, or input items (messages, function_call_output)."},
-            "instructions": {"type": ["string", "null"]},
-            "tools": {"type": "array", "items": {"type": "object"}},
+            "model": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"},
+            "input": {"oneOf": [
+                {"type": "string", "minLength": 1, "pattern": "\\S"},
+                {"type": "array", "minItems": 1, "maxItems": 500, "items": {"oneOf": [message, call_output]}}
+            ]},
+            "instructions": {"type": ["string", "null"], "maxLength": 32000},
+            "tools": {"type": "array", "items": {"type": "object", "required": ["type", "name"],
+                "properties": {"type": {"const": "function"}, "name": {"type": "string", "minLength": 1}, "parameters": {"type": "object"}}}},
+            "tool_choice": {},
             "stream": {"type": "boolean"},
             "store": {"type": "boolean"},
-            "previous_response_id": {"type": ["string", "null"]},
+            "previous_response_id": {"type": ["string", "null"], "pattern": "^resp_[0-9a-fA-F]{32}$"},
             "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-            "max_output_tokens": {"type": "integer", "minimum": 1}
+            "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+            "max_output_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+            "provider": {"type": "string", "enum": ["openai", "anthropic", "mistral", "openai_compatible"]},
+            "background": {"const": false},
+            "parallel_tool_calls": {"type": "boolean"},
+            "text": {}, "user": {}, "metadata": {}, "reasoning": {}, "truncation": {}, "include": {},
+            "service_tier": {}, "prompt_cache_key": {}, "safety_identifier": {}
         }
     });
     json!({"post": with(op("openai", "OpenAI's Responses API, any provider",
@@ -590,16 +624,24 @@ fn anthropic_messages() -> Value {
 }
 
 fn embeddings() -> Value {
+    let text = json!({"type": "string", "minLength": 1});
+    let tokens = json!({"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}});
     let body = json!({
         "type": "object",
-        "required": ["input"],
+        "required": ["model", "input"],
+        "additionalProperties": false,
         "properties": {
-            "model": {"type": "string", "minLength": 1, "maxLength": 128},
-            "input": {"type": ["string", "array"], "description": "A string, strings, or token ids."},
-            "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-            "dimensions": {"type": "integer", "minimum": 1},
-            "user": {"type": "string"},
-            "provider": {"type": "string"}
+            "model": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "\\S"},
+            "input": {"oneOf": [
+                text.clone(),
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": text},
+                tokens.clone(),
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": tokens}
+            ], "description": "A string, strings, token ids, or lists of token ids."},
+            "encoding_format": {"type": ["string", "null"], "enum": ["float", "base64", null]},
+            "dimensions": {"type": ["integer", "null"], "minimum": 1, "maximum": 8192},
+            "user": {"description": "Passed to the provider as given."},
+            "provider": {"type": ["string", "null"], "enum": ["openai", "mistral", "openai_compatible", null]}
         }
     });
     json!({"post": with(op("openai", "OpenAI-compatible embeddings (OpenAI, Mistral, compatible servers)",
@@ -651,7 +693,7 @@ fn rate_limit() -> Value {
             }))))], &[401, 429, 500, 503]),
         "post": with(op("limits", "Check (and spend) a named limit: trusted backends, service role only",
             &[(200, ok("admitted", json_content(json!({"type": "object", "required": ["allowed"], "properties": {"allowed": {"const": true}, "limit": limit}}))))],
-            &[400, 401, 403, 413, 415, 429, 500, 503]),
+            &[400, 401, 403, 413, 429, 500, 503]),
             "requestBody", json_body(json!({
                 "type": "object", "required": ["key", "limit"],
                 "properties": {"key": {"type": "string", "minLength": 1}, "limit": {"type": "string", "description": "`rate/period[:burst]`, e.g. `10/min:20`."}, "cost": {"type": "integer", "minimum": 1}}
@@ -667,7 +709,7 @@ fn uploads() -> Value {
     json!({
         "post": with(with(op("files", "Upload files: multipart (one or more `file` parts) or one raw body named by x-file-name",
             &[(201, ok("stored", json_content(json!({"type": "object", "required": ["files"], "properties": {"files": {"type": "array", "items": schema_ref("Upload")}}}))))],
-            &[400, 401, 404, 411, 413, 415, 429, 500, 503]),
+            &[400, 401, 404, 413, 415, 429, 500, 503]),
             "requestBody", json!({"required": true, "content": {
                 "multipart/form-data": {"schema": multipart},
                 "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
@@ -693,7 +735,7 @@ fn code_execution() -> Value {
         "additionalProperties": false,
         "properties": {
             "language": {"type": "string", "enum": ["python", "javascript", "typescript"]},
-            "code": {"type": "string", "maxLength": 1_048_576},
+            "code": {"type": "string", "minLength": 1, "maxLength": 1_048_576, "pattern": "\\S"},
             "stdin": {"type": ["string", "null"]},
             "timeout_ms": {"type": ["integer", "null"], "minimum": 1, "maximum": 60000},
             "conversation_id": {"type": ["string", "null"], "format": "uuid"},
@@ -706,7 +748,7 @@ fn code_execution() -> Value {
     json!({"post": with(op("code", "Run Python, JavaScript or TypeScript in the sandbox",
         &[(200, chat_answer(schema_ref("CodeOutcome"), &["stdout", "stderr", "outcome", "error"],
             "Named events: stdout and stderr (`{\"data\": …}`) as the program writes, then outcome (the JSON answer, artifacts and visualizations in it) or error."))],
-        &[400, 401, 404, 413, 415, 429, 500, 503, 504]), "requestBody", json_body(body))})
+        &[400, 401, 404, 413, 429, 500, 503, 504]), "requestBody", json_body(body))})
 }
 
 fn visualization() -> Value {

@@ -114,8 +114,9 @@ pub fn parse(body: &[u8]) -> Result<EmbeddingsRequest, ApiError> {
     let invalid = |field: &str, message: String| {
         ApiError::bad_request(ErrorCode::ValidationFailed, message).with_detail("field", field)
     };
-    if request.model.trim().is_empty() {
-        return Err(invalid("model", "model must name an embedding model".into()));
+    // The same bound as a chat's model: the name is sent on and kept in the usage rows.
+    if request.model.trim().is_empty() || request.model.len() > 128 {
+        return Err(invalid("model", "model must name an embedding model in at most 128 characters".into()));
     }
     let count = request.input.count();
     if count == 0 || count > MAX_INPUTS {
@@ -265,6 +266,8 @@ mod tests {
         }
         let too_many = format!(r#"{{"model":"m","input":[{}]}}"#, vec!["\"a\""; MAX_INPUTS + 1].join(","));
         assert_eq!(parse(too_many.as_bytes()).unwrap_err().code, ErrorCode::ValidationFailed);
+        let long_model = format!(r#"{{"model":"{}","input":"x"}}"#, "m".repeat(129));
+        assert_eq!(parse(long_model.as_bytes()).unwrap_err().details.unwrap()["field"], "model");
     }
 
     #[test]
