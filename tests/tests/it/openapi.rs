@@ -158,7 +158,7 @@ async fn the_document_covers_every_route_and_the_app_keeps_to_it() -> anyhow::Re
     let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
     for entry in std::fs::read_dir(&reports)? {
         let path = entry?.path();
-        if !path.extension().is_some_and(|e| e == "ndjson") {
+        if path.extension().is_none_or(|e| e != "ndjson") {
             continue;
         }
         for line in std::fs::read_to_string(path)?.lines() {
