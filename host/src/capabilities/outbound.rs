@@ -201,16 +201,19 @@ impl WasiHttpHooks for OutboundHttp {
         let _ = fut;
         // A client span until the response head (the query string stays out: it may hold keys).
         let mut request = request;
-        let mut span = crate::telemetry::ChildSpan::start(
-            self.trace.as_ref(),
-            request.method().as_str().to_owned(),
-            vec![
-                opentelemetry::KeyValue::new("http.request.method", request.method().as_str().to_owned()),
-                opentelemetry::KeyValue::new("server.address", host.clone()),
-                opentelemetry::KeyValue::new("server.port", i64::from(port)),
-                opentelemetry::KeyValue::new("url.full", format!("{origin}{}", request.uri().path())),
-            ],
-        );
+        // Only when tracing: no work per call otherwise.
+        let mut span = self.trace.as_ref().and_then(|trace| {
+            crate::telemetry::ChildSpan::start(
+                Some(trace),
+                request.method().as_str().to_owned(),
+                vec![
+                    opentelemetry::KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+                    opentelemetry::KeyValue::new("server.address", host.clone()),
+                    opentelemetry::KeyValue::new("server.port", i64::from(port)),
+                    opentelemetry::KeyValue::new("url.full", format!("{origin}{}", request.uri().path())),
+                ],
+            )
+        });
         if let Some(span) = &span {
             span.inject(request.headers_mut());
         }

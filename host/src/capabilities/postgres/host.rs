@@ -112,15 +112,18 @@ impl RequestState {
         params: Vec<v4::ParameterValue>,
         want_rows: bool,
     ) -> wasmtime::Result<Result<(v4::RowSet, u64), v4::Error>> {
-        let operation = crate::telemetry::sql_operation(&statement);
-        let mut span = crate::telemetry::ChildSpan::start(
-            self.trace.as_ref(),
-            format!("{operation} postgresql"),
-            vec![
-                opentelemetry::KeyValue::new("db.system.name", "postgresql"),
-                opentelemetry::KeyValue::new("db.operation.name", operation),
-            ],
-        );
+        // Only when tracing: no work per statement otherwise.
+        let mut span = self.trace.as_ref().and_then(|trace| {
+            let operation = crate::telemetry::sql_operation(&statement);
+            crate::telemetry::ChildSpan::start(
+                Some(trace),
+                format!("{operation} postgresql"),
+                vec![
+                    opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+                    opentelemetry::KeyValue::new("db.operation.name", operation),
+                ],
+            )
+        });
         let conn = self.table.get_mut(conn)?;
         let result = run(conn, &statement, params, want_rows).await;
         if let (Some(span), Err(e)) = (span.as_mut(), &result) {
