@@ -9,14 +9,11 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     let path = req.path_with_query().unwrap_or_default();
     let path = path.split(['?', '#']).next().unwrap_or_default().to_owned();
     let method = req.method();
-    let (status, content_type, body): (u16, &str, &[u8]) = match (crate::asset(&path), &method) {
-        (Some(a), Method::Get | Method::Head) => (200, a.content_type, a.body),
-        (Some(_), _) => (
-            405,
-            "application/json",
-            br#"{"error":{"code":"method_not_allowed","message":"method not allowed; allowed: GET, HEAD"}}"#,
-        ),
-        (None, _) => (404, "application/json", br#"{"error":{"code":"not_found","message":"file not found"}}"#),
+    // Errors in the one envelope every function answers with.
+    let (status, content_type, body): (u16, &str, Vec<u8>) = match (crate::asset(&path), &method) {
+        (Some(a), Method::Get | Method::Head) => (200, a.content_type, a.body.to_vec()),
+        (Some(_), _) => (405, "application/json", shared::ApiError::method_not_allowed("GET, HEAD").body()),
+        (None, _) => (404, "application/json", shared::ApiError::not_found("file").body()),
     };
     let mut headers = vec![
         ("content-type".to_owned(), content_type.as_bytes().to_vec()),
@@ -34,6 +31,6 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     out.set(response);
     if method != Method::Head {
         let mut sink = std::pin::pin!(sink);
-        let _ = sink.send(body.to_vec()).await;
+        let _ = sink.send(body).await;
     }
 }
